@@ -1,0 +1,233 @@
+"""The ``warden`` command: one entry point, subcommands.
+
+    warden explain --policy FILE --user NAME --groups G1,G2 --connection NAME [--json] SQL
+    warden policy check FILE
+    warden demo [--dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from warden import __version__
+from warden.errors import WardenError
+from warden.policy.engine import Decision, Identity, decide
+from warden.policy.model import Connection, Policy, load_policy
+from warden.sql.analyze import analyze_cell
+from warden.sql.catalog import Catalog, load_catalog_file
+from warden.sql.model import CellAnalysis
+
+EXIT_OK = 0
+EXIT_DENIED = 1  # explain: the decision is deny (scripts can test it)
+EXIT_ERROR = 2  # bad input: policy, catalog, arguments
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_ERROR
+    try:
+        code: int = args.func(args)
+    except WardenError as exc:
+        print(f"warden: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="warden", description="Audited SQL for Jupyter.")
+    parser.add_argument("--version", action="version", version=f"warden {__version__}")
+    sub = parser.add_subparsers(metavar="COMMAND")
+
+    ex = sub.add_parser("explain", help="print the decision for a cell without running it")
+    ex.add_argument("--policy", required=True, help="policy YAML file")
+    ex.add_argument("--user", required=True, help="the subject to decide for")
+    ex.add_argument("--groups", default="", help="comma-separated groups of the user")
+    ex.add_argument("--attr", action="append", default=[], metavar="KEY=VALUE", help="a user attribute (row filters use :user.KEY)")
+    ex.add_argument("--connection", required=True, help="connection name from the policy")
+    ex.add_argument("--catalog", help="JSON/YAML catalog file instead of reading the live database")
+    ex.add_argument("--json", action="store_true", help="machine-readable output")
+    ex.add_argument("sql", help="the SQL cell ('-' reads standard input)")
+    ex.set_defaults(func=_explain)
+
+    pol = sub.add_parser("policy", help="policy tools")
+    pol_sub = pol.add_subparsers(metavar="ACTION")
+    check = pol_sub.add_parser("check", help="validate a policy file")
+    check.add_argument("file")
+    check.set_defaults(func=_policy_check)
+
+    demo = sub.add_parser("demo", help="build the demo database and show decisions and masked results")
+    demo.add_argument("--dir", help="where to put the demo files (default: a warden folder in the user's data dir)")
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def _policy_check(args: argparse.Namespace) -> int:
+    policy = load_policy(args.file)
+    print(
+        f"{args.file}: ok — {len(policy.connections)} connection(s), "
+        f"{len(policy.classifications)} classification(s), {len(policy.roles)} role(s)"
+    )
+    return EXIT_OK
+
+
+def catalog_for(policy: Policy, connection: str, catalog_file: str | None) -> Catalog:
+    conn = policy.connections.get(connection)
+    if conn is None:
+        raise WardenError(f"connection {connection!r} is not in the policy (known: {', '.join(sorted(policy.connections))})")
+    if catalog_file:
+        catalog = load_catalog_file(catalog_file, dialect=conn.dialect)
+    else:
+        catalog = _live_catalog(conn, policy)
+    if conn.search_path:
+        catalog = catalog.with_search_path(conn.search_path)
+    return catalog
+
+
+def _live_catalog(conn: Connection, policy: Policy) -> Catalog:
+    from warden.sql.catalog_live import load_catalog
+
+    if conn.dialect == "duckdb":
+        path = Path(conn.path or "")
+        if not path.is_absolute():
+            path = Path(policy.source).resolve().parent / path
+        if not path.exists():
+            raise WardenError(f"connection {conn.name!r}: DuckDB file {path} does not exist")
+        return load_catalog("duckdb", str(path))
+    dsn = connection_dsn(conn)
+    return load_catalog("postgres", dsn)
+
+
+def connection_dsn(conn: Connection) -> str:
+    """The DSN of a PostgreSQL connection, from the environment or a file. Never printed."""
+    if conn.dsn_env:
+        value = os.environ.get(conn.dsn_env)
+        if not value:
+            raise WardenError(f"connection {conn.name!r}: environment variable {conn.dsn_env} is not set")
+        return value
+    if conn.dsn_file:
+        try:
+            return Path(conn.dsn_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise WardenError(f"connection {conn.name!r}: cannot read dsn_file: {exc.strerror}") from None
+    raise WardenError(f"connection {conn.name!r} has no credentials configured")
+
+
+def _explain(args: argparse.Namespace) -> int:
+    policy = load_policy(args.policy)
+    catalog = catalog_for(policy, args.connection, args.catalog)
+    sql = sys.stdin.read() if args.sql == "-" else args.sql
+    attributes = {}
+    for item in args.attr:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise WardenError(f"--attr {item!r} must be KEY=VALUE")
+        attributes[key] = value
+    identity = Identity(
+        subject=args.user,
+        groups=frozenset(g.strip() for g in args.groups.split(",") if g.strip()),
+        attributes=attributes,
+    )
+    analysis = analyze_cell(sql, catalog)
+    decision = decide(policy, identity, analysis, args.connection)
+    if args.json:
+        print(json.dumps(explain_json(analysis, decision, policy, args.connection), indent=2, default=str))
+    else:
+        print(explain_text(analysis, decision, policy, args.connection))
+    return EXIT_DENIED if decision.action == "deny" else EXIT_OK
+
+
+def explain_json(analysis: CellAnalysis, decision: Decision, policy: Policy, connection: str) -> dict[str, Any]:
+    from warden.policy.engine import Classifier
+
+    classify = Classifier(policy, connection)
+    statements = []
+    for st in analysis.statements:
+        masks = {m.position: m for m in decision.masks if m.statement == st.index}
+        usage: dict[str, list[str]] = {}
+        for use in sorted(st.uses, key=lambda u: (u.column, u.usage.value)):
+            usage.setdefault(use.column.qualified, []).append(use.usage.value)
+        statements.append(
+            {
+                "index": st.index,
+                "kind": st.kind,
+                "reads": list(st.reads),
+                "writes": list(st.writes),
+                "columns": usage,
+                "outputs": [
+                    {
+                        "name": out.name,
+                        "sources": sorted(s.qualified for s in out.sources),
+                        "transformed": out.transformed,
+                        "classifications": sorted(classify.of(out.sources)),
+                        "mask": masks[pos].operator.spec if pos in masks else None,
+                        "mask_rules": list(masks[pos].rules) if pos in masks else [],
+                    }
+                    for pos, out in enumerate(st.outputs)
+                ],
+                "unresolved": [asdict(u) for u in st.unresolved],
+            }
+        )
+    return {
+        "action": decision.action,
+        "rule_ids": list(decision.rule_ids),
+        "reasons": [asdict(r) for r in decision.reasons],
+        "roles": list(decision.roles),
+        "row_filters": [asdict(f) for f in decision.row_filters],
+        "taints": [{"column": t.column.qualified, "classifications": sorted(t.classifications)} for t in decision.taints],
+        "pending": [asdict(p) for p in decision.pending],
+        "fingerprint": analysis.fingerprint,
+        "redacted_sql": decision.redacted_sql,
+        "statements": statements,
+    }
+
+
+def explain_text(analysis: CellAnalysis, decision: Decision, policy: Policy, connection: str) -> str:
+    data = explain_json(analysis, decision, policy, connection)
+    lines = [f"decision: {decision.action.upper()}   (roles: {', '.join(decision.roles) or 'none'})"]
+    for r in decision.reasons:
+        lines.append(f"  {r.action:<5} [{r.rule}] {r.message}")
+    for p in decision.pending:
+        lines.append(f"  later [{p.rule}] {p.condition!r} is checked by the gateway before running")
+    for f in decision.row_filters:
+        lines.append(f"  row filter on {f.relation}: {f.predicate}  [{f.rule}]")
+    for st in data["statements"]:
+        lines.append("")
+        lines.append(f"statement {st['index'] + 1}: {st['kind']}")
+        if st["reads"]:
+            lines.append(f"  reads:  {', '.join(st['reads'])}")
+        if st["writes"]:
+            lines.append(f"  writes: {', '.join(st['writes'])}")
+        if st["columns"]:
+            lines.append("  columns:")
+            for col, uses in st["columns"].items():
+                lines.append(f"    {col:<40} {', '.join(uses)}")
+        if st["outputs"]:
+            lines.append("  outputs:")
+            for out in st["outputs"]:
+                src = ", ".join(out["sources"]) or "(no column)"
+                how = "transformed" if out["transformed"] else "copy"
+                mask = f"  MASK {out['mask']} [{', '.join(out['classifications'])}]" if out["mask"] else ""
+                lines.append(f"    {out['name']:<20} <- {src} ({how}){mask}")
+    lines.append("")
+    lines.append(f"audit sql: {decision.redacted_sql}")
+    return "\n".join(lines)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from warden.demo import run_demo
+
+    return run_demo(args.dir)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,593 @@
+"""Analyse a cell of SQL: split, classify, resolve objects, usage and lineage.
+
+``analyze_cell`` is the public entry point. Results are cached by the cell's
+fingerprint (its shape with literals replaced), so the same query with other
+literal values is analysed once; literals that change meaning (a ``FROM 'file'``,
+a ``LIMIT``) are part of the cache check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.dialects.dialect import Dialect
+from sqlglot.errors import ParseError, TokenError
+from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
+from sqlglot.tokens import Token, TokenType
+
+from warden.sql.catalog import Catalog
+from warden.sql.kinds import statement_kind
+from warden.sql.lineage import QueryLineage, resolve_table_schemas
+from warden.sql.model import (
+    CellAnalysis,
+    ColumnRef,
+    ColumnUse,
+    ColumnWrite,
+    LiteralSpan,
+    OutputColumn,
+    StatementAnalysis,
+    Unresolved,
+    Usage,
+)
+
+# sqlglot warns on every statement it parses as a generic Command; those are
+# reported as unresolved here instead.
+logging.getLogger("sqlglot").setLevel(logging.ERROR)
+
+LITERAL_TOKENS = frozenset(
+    {
+        TokenType.STRING, TokenType.NUMBER, TokenType.NATIONAL_STRING, TokenType.HEX_STRING,
+        TokenType.BIT_STRING, TokenType.BYTE_STRING, TokenType.RAW_STRING,
+        TokenType.HEREDOC_STRING, TokenType.UNICODE_STRING,
+    }
+)  # fmt: skip
+
+_CACHE_SIZE = 2048
+
+
+@dataclass(frozen=True)
+class _Tokens:
+    tokens: list[Token]
+    chunks: list[tuple[int, int]]  # token index ranges [start, end) of each statement
+    literal_starts: dict[int, int]  # char offset of a literal token -> its ordinal
+    literal_tokens: list[Token]
+    fingerprint: str
+    statement_hash: str
+    has_command: bool
+
+
+def tokenize_cell(sql: str, dialect: str) -> _Tokens:
+    d = Dialect.get_or_raise(dialect)
+    tokens = d.tokenize(sql)
+    chunks: list[tuple[int, int]] = []
+    start = 0
+    for i, tok in enumerate(tokens):
+        if tok.token_type == TokenType.SEMICOLON:
+            if i > start:
+                chunks.append((start, i))
+            start = i + 1
+    if start < len(tokens):
+        chunks.append((start, len(tokens)))
+    shape: list[str] = []
+    exact: list[str] = []
+    literal_starts: dict[int, int] = {}
+    literal_tokens: list[Token] = []
+    has_command = False
+    for tok in tokens:
+        tt = tok.token_type
+        if tt in LITERAL_TOKENS:
+            literal_starts[tok.start] = len(literal_tokens)
+            literal_tokens.append(tok)
+            shape.append("?")
+            exact.append(f"{tt.name}:{tok.text}")
+            continue
+        if tt == TokenType.VAR:
+            text = tok.text.lower()
+        elif tt == TokenType.IDENTIFIER:
+            text = '"' + tok.text + '"'
+        else:
+            text = tok.text.upper()
+            if tt in (TokenType.SET, TokenType.COMMAND, TokenType.EXECUTE):
+                has_command = True
+        shape.append(text)
+        exact.append(text)
+    return _Tokens(
+        tokens=tokens,
+        chunks=chunks,
+        literal_starts=literal_starts,
+        literal_tokens=literal_tokens,
+        fingerprint=_digest(dialect, shape),
+        statement_hash=_digest(dialect, exact),
+        has_command=has_command,
+    )
+
+
+def _digest(dialect: str, parts: list[str]) -> str:
+    return hashlib.sha256((dialect + "\x1e" + "\x1f".join(parts)).encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class _CacheEntry:
+    analysis: CellAnalysis
+    structural: tuple[tuple[int, str], ...]  # (literal ordinal, text) that must match
+    literal_ordinals: tuple[tuple[tuple[int, frozenset[ColumnRef]], ...], ...]  # per statement
+
+
+class AnalysisCache:
+    """A small thread-safe LRU of analyses keyed by fingerprint, catalog and search path."""
+
+    def __init__(self, size: int = _CACHE_SIZE) -> None:
+        self._size = size
+        self._entries: OrderedDict[tuple[str, str, tuple[str, ...]], list[_CacheEntry]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: tuple[str, str, tuple[str, ...]], toks: _Tokens) -> _CacheEntry | None:
+        with self._lock:
+            entries = self._entries.get(key)
+            if entries is None:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(key)
+            for entry in entries:
+                if all(
+                    o < len(toks.literal_tokens) and toks.literal_tokens[o].text == text
+                    for o, text in entry.structural
+                ):
+                    self.hits += 1
+                    return entry
+            self.misses += 1
+            return None
+
+    def put(self, key: tuple[str, str, tuple[str, ...]], entry: _CacheEntry) -> None:
+        with self._lock:
+            entries = self._entries.setdefault(key, [])
+            if len(entries) < 8:
+                entries.append(entry)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+CACHE = AnalysisCache()
+
+
+def analyze_cell(
+    sql: str,
+    catalog: Catalog,
+    *,
+    search_path: tuple[str, ...] | None = None,
+    cache: AnalysisCache | None = CACHE,
+) -> CellAnalysis:
+    """Analyse every statement of a cell against ``catalog``. Never raises on bad SQL:
+    problems come back as ``Unresolved`` entries, which callers treat as deny."""
+    dialect = catalog.dialect
+    path = tuple(search_path) if search_path else catalog.search_path
+    try:
+        toks = tokenize_cell(sql, dialect)
+    except TokenError as exc:
+        return _broken(sql, dialect, "parse-error", f"the SQL could not be tokenised: {exc}")
+    key = (toks.fingerprint, catalog.version, path)
+    if cache is not None and not toks.has_command:
+        entry = cache.get(key, toks)
+        if entry is not None:
+            return _rebind(entry, sql, toks)
+    analysis, structural = _analyse(sql, toks, catalog, path)
+    if cache is not None and not toks.has_command and not analysis.unresolved:
+        ordinals = tuple(
+            tuple(
+                (toks.literal_starts[span.start], span.columns)
+                for span in st.literals
+                if span.start in toks.literal_starts
+            )
+            for st in analysis.statements
+        )
+        cache.put(key, _CacheEntry(analysis, structural, ordinals))
+    return analysis
+
+
+def _rebind(entry: _CacheEntry, sql: str, toks: _Tokens) -> CellAnalysis:
+    """A cached analysis with this cell's own text, statement texts and literal positions."""
+    statements = []
+    for st, ordinals, (first, last) in zip(
+        entry.analysis.statements, entry.literal_ordinals, toks.chunks, strict=False
+    ):
+        spans = tuple(
+            LiteralSpan(toks.literal_tokens[o].start, toks.literal_tokens[o].end + 1, cols)
+            for o, cols in ordinals
+        )
+        text = sql[toks.tokens[first].start : toks.tokens[last - 1].end + 1]
+        statements.append(replace(st, sql=text, literals=spans))
+    return replace(
+        entry.analysis,
+        sql=sql,
+        statements=tuple(statements),
+        statement_hash=toks.statement_hash,
+    )
+
+
+def _broken(sql: str, dialect: str, code: str, message: str, line: int | None = None, col: int | None = None) -> CellAnalysis:
+    problem = Unresolved(code, message, line, col)
+    digest = hashlib.sha256(sql.encode()).hexdigest()[:32]
+    return CellAnalysis(sql, dialect, (), digest, digest, (problem,))
+
+
+def _analyse(
+    sql: str, toks: _Tokens, catalog: Catalog, path: tuple[str, ...]
+) -> tuple[CellAnalysis, tuple[tuple[int, str], ...]]:
+    d = Dialect.get_or_raise(catalog.dialect)
+    statements: list[StatementAnalysis] = []
+    cell_problems: list[Unresolved] = []
+    structural: set[int] = set()
+    for index, (first, last) in enumerate(toks.chunks):
+        chunk = toks.tokens[first:last]
+        text = sql[chunk[0].start : chunk[-1].end + 1]
+        try:
+            parsed = d.parser().parse(chunk, sql)
+        except ParseError as exc:
+            err = exc.errors[0] if exc.errors else {}
+            cell_problems.append(
+                Unresolved(
+                    "parse-error",
+                    f"statement {index + 1} could not be parsed: {err.get('description', str(exc))}",
+                    err.get("line"),
+                    err.get("col"),
+                )
+            )
+            statements.append(StatementAnalysis(index, "other", text, unresolved=(cell_problems[-1],)))
+            continue
+        stmt = parsed[0] if parsed else None
+        if stmt is None:
+            continue
+        structural |= _structural_literals(stmt, toks)
+        st = analyse_statement(stmt, index, text, catalog, path)
+        if st.kind == "set":
+            path = _search_path_after_set(stmt, path, catalog) or path
+        statements.append(st)
+    analysis = CellAnalysis(
+        sql=sql,
+        dialect=catalog.dialect,
+        statements=tuple(statements),
+        fingerprint=toks.fingerprint,
+        statement_hash=toks.statement_hash,
+        unresolved=tuple(cell_problems),
+    )
+    pinned = tuple(sorted((o, toks.literal_tokens[o].text) for o in structural))
+    return analysis, pinned
+
+
+def _structural_literals(stmt: exp.Expression, toks: _Tokens) -> set[int]:
+    """Literal tokens that are not plain values: the parser used them as names, or
+    they are limits. The cache only reuses an analysis when these are unchanged."""
+    value_starts: set[int] = set()
+    limits: set[int] = set()
+    for lit in stmt.find_all(exp.Literal):
+        start = lit.meta.get("start")
+        if isinstance(start, int):
+            value_starts.add(start)
+            if lit.find_ancestor(exp.Limit, exp.Fetch, exp.Offset) is not None:
+                limits.add(start)
+    out = set()
+    for start, ordinal in toks.literal_starts.items():
+        if start not in value_starts or start in limits:
+            out.add(ordinal)
+    return out
+
+
+_SEARCH_PATH = re.compile(r"^\s*(?:session\s+|local\s+)?search_path\s*(?:to|=)\s*(.+)$", re.I | re.S)
+
+
+def _search_path_after_set(stmt: exp.Expression, path: tuple[str, ...], catalog: Catalog) -> tuple[str, ...] | None:
+    text = stmt.sql(dialect=catalog.dialect)
+    text = re.sub(r"^\s*SET\s+", "", text, flags=re.I)
+    m = _SEARCH_PATH.match(text)
+    if not m:
+        return None
+    names = []
+    for part in m.group(1).split(","):
+        name = part.strip().strip(";").strip()
+        if name.startswith(("'", '"')) and name.endswith(("'", '"')):
+            name = name[1:-1]
+        elif catalog.dialect == "postgres":
+            name = name.lower()
+        if name and name.upper() != "DEFAULT":
+            names.append(name)
+    return tuple(names) or None
+
+
+# -- statements ------------------------------------------------------------------------
+
+_DYNAMIC = {"call", "do", "execute"}
+
+
+def analyse_statement(
+    stmt: exp.Expression, index: int, text: str, catalog: Catalog, path: tuple[str, ...]
+) -> StatementAnalysis:
+    """Analysis of one parsed statement. ``path`` is the search path in force."""
+    kind = statement_kind(stmt)
+    base = StatementAnalysis(index=index, kind=kind, sql=text, search_path=path)
+    if isinstance(stmt, exp.Command):
+        return _command(stmt, base, catalog, path)
+    normalize_identifiers(stmt, dialect=catalog.dialect)
+    resolve_table_schemas(stmt, catalog, path)
+    lineage = QueryLineage(catalog, path)
+    try:
+        result = _dispatch(stmt, kind, base, lineage)
+    except RecursionError:
+        return replace(base, unresolved=(Unresolved("too-deep", "the statement is nested too deeply to analyse"),))
+    except Exception as exc:  # noqa: BLE001 - sqlglot may raise anything on odd input
+        message = f"the statement could not be analysed ({type(exc).__name__}: {str(exc)[:200]})"
+        return replace(base, unresolved=(Unresolved("analysis-failed", message),))
+    return replace(
+        result,
+        reads=tuple(lineage.reads),
+        uses=frozenset(lineage.uses) | result.uses,
+        unresolved=tuple(dict.fromkeys(lineage.unresolved)) + result.unresolved,
+        literals=tuple(dict.fromkeys(lineage.literals)) + result.literals,
+    )
+
+
+def _dispatch(stmt: exp.Expression, kind: str, base: StatementAnalysis, lineage: QueryLineage) -> StatementAnalysis:
+    if isinstance(stmt, exp.Query):
+        query = lineage.qualify(stmt)
+        outputs = lineage.analyse(query)
+        return replace(base, outputs=tuple(outputs), has_where=_has_where(query), limit=_limit(query))
+    if isinstance(stmt, exp.Insert):
+        return _insert(stmt, base, lineage)
+    if isinstance(stmt, (exp.Update, exp.Delete)):
+        return _update_delete(stmt, base, lineage)
+    if isinstance(stmt, exp.Merge):
+        return _merge(stmt, base, lineage)
+    if isinstance(stmt, exp.Create):
+        return _create(stmt, base, lineage)
+    if isinstance(stmt, exp.Copy):
+        target = _table_name(stmt.this) if isinstance(stmt.this, exp.Table) else "?"
+        return replace(
+            base,
+            writes=(target,) if stmt.args.get("kind") else (),
+            unresolved=(
+                Unresolved(
+                    "copy",
+                    "COPY moves data outside the gateway's analysis and masking; "
+                    "use SELECT (results are returned masked) or INSERT ... SELECT",
+                ),
+            ),
+        )
+    if isinstance(stmt, (exp.Drop, exp.Alter, exp.TruncateTable, exp.Comment, exp.Grant, exp.Revoke)):
+        tables = [t for t in stmt.find_all(exp.Table) if isinstance(t.this, exp.Identifier)]
+        return replace(base, writes=tuple(dict.fromkeys(_table_name(t) for t in tables)))
+    if isinstance(stmt, (exp.Transaction, exp.Commit, exp.Rollback)):
+        return base
+    if kind == "other":
+        return replace(
+            base,
+            unresolved=(Unresolved("unsupported-statement", f"{stmt.key.upper()} statements are not supported by the gateway"),),
+        )
+    return base
+
+
+def _command(stmt: exp.Command, base: StatementAnalysis, catalog: Catalog, path: tuple[str, ...]) -> StatementAnalysis:
+    kind = base.kind
+    word = str(stmt.this).upper()
+    body = stmt.expression.name if isinstance(stmt.expression, exp.Literal) else stmt.expression.sql() if isinstance(stmt.expression, exp.Expression) else ""
+    if kind in _DYNAMIC:
+        return replace(
+            base,
+            unresolved=(Unresolved("dynamic-sql", f"{word} runs code the gateway cannot analyse (dynamic SQL or procedures)"),),
+        )
+    if kind == "set":
+        lowered = body.lower()
+        if re.match(r"^\s*(session\s+|local\s+)?(role|session\s+authorization)\b", lowered):
+            return replace(base, unresolved=(Unresolved("privilege-change", f"SET {body.split()[0] if body.split() else ''} changes privileges inside the database"),))
+        return base
+    if kind == "explain":
+        inner_text = re.sub(r"^\s*(\([^)]*\)\s*)?", "", body)
+        executes = bool(re.match(r"^\s*(\([^)]*\banalyze\b[^)]*\)|analyze\b)", body, re.I))
+        inner_text = re.sub(r"^\s*((analyze|verbose|costs|buffers)\s+)*", "", inner_text, flags=re.I)
+        try:
+            inner = sqlglot.parse_one(inner_text, dialect=catalog.dialect)
+        except (ParseError, TokenError):
+            return replace(base, unresolved=(Unresolved("parse-error", "the statement after EXPLAIN could not be parsed"),))
+        st = analyse_statement(inner, base.index, base.sql, catalog, path)
+        # EXPLAIN ANALYZE runs the statement: it is that statement, for policy.
+        return replace(st, kind=st.kind if executes else "explain", outputs=() if not executes else st.outputs)
+    if kind == "show":
+        return base
+    return replace(base, unresolved=(Unresolved("unsupported-statement", f"{word} is not a statement the gateway can analyse"),))
+
+
+def _insert(stmt: exp.Insert, base: StatementAnalysis, lineage: QueryLineage) -> StatementAnalysis:
+    target_node = stmt.this
+    columns: list[str] = []
+    if isinstance(target_node, exp.Schema):
+        columns = [c.name for c in target_node.expressions]
+        target_node = target_node.this
+    if not isinstance(target_node, exp.Table):
+        return replace(base, unresolved=(Unresolved("unsupported-statement", "INSERT target is not a table"),))
+    target = _table_name(target_node)
+    rel = lineage.catalog.get(target_node.db, target_node.name) if target_node.db else None
+    problems: list[Unresolved] = []
+    if rel is None:
+        problems.append(Unresolved("unknown-table", f"table {target} is not in the catalog"))
+    if not columns and rel is not None:
+        columns = list(rel.columns)
+    source = stmt.expression
+    writes: list[ColumnWrite] = []
+    if isinstance(source, exp.Values):
+        for row in source.expressions:
+            values = row.expressions if isinstance(row, exp.Tuple) else [row]
+            for col, value in zip(columns, values, strict=False):
+                ref = _ref(target_node, col)
+                lits = [n for n in value.find_all(exp.Literal)]
+                lineage.bind(lits, frozenset({ref}))
+        writes = [ColumnWrite(_ref(target_node, c), frozenset()) for c in columns]
+    elif isinstance(source, exp.Query):
+        query = lineage.qualify(source)
+        outs = lineage.analyse(query, usage=Usage.ASSIGNED)
+        _relabel_projected(lineage, Usage.ASSIGNED)
+        writes = [
+            ColumnWrite(_ref(target_node, c), out.sources | out.opaque)
+            for c, out in zip(columns, outs, strict=False)
+        ]
+    elif source is not None:
+        problems.append(Unresolved("unsupported-statement", "INSERT source is neither VALUES nor a query"))
+    outputs = _returning(stmt, target_node, lineage, [], None)
+    return replace(base, writes=(target,), column_writes=tuple(writes), outputs=outputs, unresolved=tuple(problems))
+
+
+def _update_delete(stmt: exp.Update | exp.Delete, base: StatementAnalysis, lineage: QueryLineage) -> StatementAnalysis:
+    target_node = stmt.this
+    if not isinstance(target_node, exp.Table):
+        return replace(base, unresolved=(Unresolved("unsupported-statement", "target is not a table"),))
+    target = _table_name(target_node)
+    if lineage.catalog.get(target_node.db, target_node.name) is None if target_node.db else True:
+        return replace(base, writes=(target,), unresolved=(Unresolved("unknown-table", f"table {target} is not in the catalog"),))
+    extra: list[exp.Expression] = []
+    if isinstance(stmt, exp.Update) and stmt.args.get("from_"):
+        from_ = stmt.args["from_"]
+        extra.append(from_.this)
+        extra.extend(j for j in (stmt.args.get("joins") or []))
+    if isinstance(stmt, exp.Delete):
+        extra.extend(stmt.args.get("using") or [])
+    assignments: list[tuple[str, exp.Expression]] = []
+    if isinstance(stmt, exp.Update):
+        for eq in stmt.expressions:
+            if isinstance(eq, exp.EQ) and isinstance(eq.this, exp.Column):
+                assignments.append((eq.this.name, eq.expression))
+    where = stmt.args.get("where")
+    # Analyse as the equivalent SELECT: the assigned values as its outputs.
+    select = exp.select(*[exp.alias_(v.copy(), f"__set_{i}") for i, (_, v) in enumerate(assignments)] or [exp.Literal.number(1)])
+    select = select.from_(target_node.copy())
+    for src in extra:
+        select = select.join(src.copy()) if not isinstance(src, exp.Join) else select.join(src.copy())
+    if isinstance(where, exp.Where):
+        select = select.where(where.this.copy())
+    # Keep literal positions: copies keep meta.
+    query = lineage.qualify(select)
+    outs = lineage.analyse(query)
+    writes: list[ColumnWrite] = []
+    for (col, value), out in zip(assignments, outs, strict=False):
+        ref = _ref(target_node, col)
+        writes.append(ColumnWrite(ref, out.sources | out.opaque))
+        lineage.bind([n for n in value.find_all(exp.Literal)], frozenset({ref}) | out.sources)
+    # Values read only to compute assignments are "assigned", not shown.
+    _relabel_projected(lineage, Usage.ASSIGNED)
+    outputs = _returning(stmt, target_node, lineage, extra, where)
+    return replace(
+        base,
+        writes=(target,),
+        column_writes=tuple(writes) if isinstance(stmt, exp.Update) else tuple(),
+        has_where=isinstance(where, exp.Where),
+        outputs=outputs,
+    )
+
+
+def _returning(
+    stmt: exp.Expression,
+    target_node: exp.Table,
+    lineage: QueryLineage,
+    extra: list[exp.Expression],
+    where: exp.Expression | None,
+) -> tuple[OutputColumn, ...]:
+    returning = stmt.args.get("returning")
+    if not isinstance(returning, exp.Returning):
+        return ()
+    select = exp.select(*[e.copy() for e in returning.expressions]).from_(target_node.copy())
+    for src in extra:
+        select = select.join(src.copy())
+    sub = QueryLineage(lineage.catalog, lineage.search_path, schemas=lineage.schemas)
+    outs = sub.analyse(sub.qualify(select))
+    lineage.uses |= {ColumnUse(u.column, Usage.RETURNING) if u.usage is Usage.PROJECTED else u for u in sub.uses}
+    lineage.unresolved.extend(sub.unresolved)
+    for r in sub.reads:
+        lineage.reads[r] = None
+    return tuple(outs)
+
+
+def _merge(stmt: exp.Merge, base: StatementAnalysis, lineage: QueryLineage) -> StatementAnalysis:
+    target_node = stmt.this
+    using = stmt.args.get("using")
+    if not isinstance(target_node, exp.Table) or not isinstance(using, exp.Expression):
+        return replace(base, unresolved=(Unresolved("unsupported-statement", "MERGE shape not supported"),))
+    target = _table_name(target_node)
+    rel = lineage.catalog.get(target_node.db, target_node.name) if target_node.db else None
+    if rel is None:
+        return replace(base, writes=(target,), unresolved=(Unresolved("unknown-table", f"table {target} is not in the catalog"),))
+    # Coarse but safe: every column of the source may flow into every written column.
+    src = using.copy()
+    select = exp.select(exp.Star()).from_(src)
+    query = lineage.qualify(select)
+    outs = lineage.analyse(query, usage=Usage.ASSIGNED)
+    sources: set[ColumnRef] = set()
+    for out in outs:
+        sources |= out.sources | out.opaque
+    on = stmt.args.get("on")
+    if isinstance(on, exp.Expression):
+        probe = exp.select(exp.Literal.number(1)).from_(target_node.copy()).join(using.copy(), on=on.copy())
+        lineage.analyse(lineage.qualify(probe))
+    writes = tuple(ColumnWrite(ColumnRef(rel.schema, rel.name, c), frozenset(sources)) for c in rel.columns)
+    return replace(base, writes=(target,), column_writes=writes, has_where=on is not None)
+
+
+def _create(stmt: exp.Create, base: StatementAnalysis, lineage: QueryLineage) -> StatementAnalysis:
+    target_node = stmt.this
+    if isinstance(target_node, exp.Schema):
+        target_node = target_node.this
+    target = _table_name(target_node) if isinstance(target_node, exp.Table) else str(target_node)
+    query = stmt.expression
+    kind = str(stmt.args.get("kind") or "").upper()
+    if not isinstance(query, exp.Query):
+        return replace(base, writes=(target,))
+    qualified = lineage.qualify(query)
+    outs = lineage.analyse(qualified, usage=Usage.ASSIGNED if kind == "TABLE" else Usage.PROJECTED)
+    if kind == "TABLE" and isinstance(target_node, exp.Table):
+        _relabel_projected(lineage, Usage.ASSIGNED)
+        schema = target_node.db or lineage.search_path[0]
+        writes = tuple(
+            ColumnWrite(ColumnRef(schema, target_node.name, o.name), o.sources | o.opaque) for o in outs
+        )
+        return replace(base, writes=(f"{schema}.{target_node.name}",), column_writes=writes)
+    return replace(base, writes=(target,))
+
+
+def _relabel_projected(lineage: QueryLineage, usage: Usage) -> None:
+    """Columns read to compute written values are not shown to the user: relabel them."""
+    lineage.uses = {ColumnUse(u.column, usage) if u.usage is Usage.PROJECTED else u for u in lineage.uses}
+
+
+def _ref(table: exp.Table, column: str) -> ColumnRef:
+    return ColumnRef(table.db or "", table.name, column)
+
+
+def _table_name(table: exp.Table) -> str:
+    return f"{table.db}.{table.name}" if table.db else table.name
+
+
+def _has_where(query: exp.Expression) -> bool:
+    return isinstance(query, exp.Select) and query.args.get("where") is not None
+
+
+def _limit(query: exp.Expression) -> int | None:
+    limit = query.args.get("limit")
+    node = limit.args.get("expression") or limit.args.get("count") if isinstance(limit, (exp.Limit, exp.Fetch)) else None
+    if isinstance(node, exp.Literal) and not node.is_string:
+        try:
+            return int(node.this)
+        except ValueError:
+            return None
+    return None
+
+
+__all__ = ["CACHE", "AnalysisCache", "analyse_statement", "analyze_cell", "tokenize_cell"]

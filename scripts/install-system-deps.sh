@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Install the system packages warden's tests need (Debian/Ubuntu). Idempotent.
+#
+#   sudo scripts/install-system-deps.sh
+#
+# Quiet when everything is present. As root it installs what is missing
+# (one `apt-get update`, then one `apt-get install`); as another user it prints
+# what to install and exits 1.
+#
+# To add a dependency: write a `have_<name>` check and append
+# "<check>:<apt package>" to DEPS.
+set -euo pipefail
+
+# PostgreSQL server binaries where tests/pgserver.py looks for them.
+have_postgres_server() {
+    local d
+    for d in /usr/lib/postgresql/*/bin; do
+        [[ -x $d/initdb && -x $d/pg_ctl && -x $d/postgres ]] && return 0
+    done
+    command -v initdb >/dev/null 2>&1 && command -v pg_ctl >/dev/null 2>&1 \
+        && command -v postgres >/dev/null 2>&1
+}
+
+# "<check function>:<apt package>", one per dependency.
+DEPS=(
+    "have_postgres_server:postgresql"
+)
+
+missing=()
+for dep in "${DEPS[@]}"; do
+    check=${dep%%:*}
+    pkg=${dep#*:}
+    "$check" || missing+=("$pkg")
+done
+
+((${#missing[@]} == 0)) && exit 0
+
+if [[ $(id -u) -ne 0 ]]; then
+    echo "install-system-deps: missing system packages: ${missing[*]}" >&2
+    echo "  run as root: apt-get update && apt-get install -y ${missing[*]}" >&2
+    echo "  (or: sudo $0)" >&2
+    exit 1
+fi
+
+if ! command -v apt-get >/dev/null 2>&1; then
+    echo "install-system-deps: apt-get not found; install these yourself: ${missing[*]}" >&2
+    exit 1
+fi
+
+echo "install-system-deps: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update
+apt-get install -y "${missing[@]}"
+
+# Check again: a package that installed but still fails its check is an error.
+for dep in "${DEPS[@]}"; do
+    check=${dep%%:*}
+    "$check" || { echo "install-system-deps: ${dep#*:} installed but check $check fails" >&2; exit 1; }
+done
