@@ -24,7 +24,7 @@ def test_decision(dialect: str, case: dict[str, Any]) -> None:
     identity = Identity(
         subject=case.get("user", "ana"),
         groups=frozenset(case.get("groups", ["analysts"])),
-        attributes=case.get("attributes", {}),
+        attributes=case.get("attributes", {"region": "emea"}),
     )
     analysis = analyze_cell(case["sql"], CATALOGS[dialect])
     decision = decide(POLICY, identity, analysis, connection)

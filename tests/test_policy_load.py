@@ -46,7 +46,7 @@ BAD = [
     ("    statements: [select]\n", "    statements: [select]\n    classified_in_predicates: maybe\n", 10, "must be one of deny, hold, allow"),
     ("    statements: [select]\n", "    statements: [select]\n    statments: [select]\n", 10, "unknown setting 'statments'"),
     ("version: 1", "version: 2", 1, "unsupported policy version"),
-    ("  analyst:\n", "  analyst:\n    members: {groups: [a]}\n", 8, "duplicate key 'members'"),
+    ("  analyst:\n", "  analyst:\n    members: {groups: [a]}\n", 9, "duplicate key 'members'"),
     ("masks: {pii.email: email}", "masks: {pii.email: email", 11, "not valid YAML"),
 ]
 

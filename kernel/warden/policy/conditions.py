@@ -101,7 +101,7 @@ def _eval(node: ast.AST, facts: Mapping[str, Any]) -> Any:
         return True
     if isinstance(node, ast.Name):
         if node.id in FACTS:
-            if node.id not in facts or facts[node.id] is None and node.id in DEFERRED_FACTS:
+            if node.id not in facts or (facts[node.id] is None and node.id in DEFERRED_FACTS):
                 raise Deferred(node.id)
             return facts[node.id]
         lowered = node.id.lower()

@@ -404,7 +404,7 @@ def _all_literal_spans(analysis: CellAnalysis) -> list[tuple[int, int]]:
 
     try:
         toks = tokenize_cell(analysis.sql, analysis.dialect)
-    except Exception:  # noqa: BLE001 - untokenisable SQL: redact it whole
+    except Exception:
         return [(0, len(analysis.sql))]
     return [(t.start, t.end + 1) for t in toks.tokens if t.token_type in LITERAL_TOKENS]
 

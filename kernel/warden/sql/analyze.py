@@ -20,7 +20,7 @@ from sqlglot import exp
 from sqlglot.dialects.dialect import Dialect
 from sqlglot.errors import ParseError, TokenError
 from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
-from sqlglot.tokens import Token, TokenType
+from sqlglot.tokens import Token, TokenType  # type: ignore[attr-defined]
 
 from warden.sql.catalog import Catalog
 from warden.sql.kinds import statement_kind
@@ -268,7 +268,7 @@ def _analyse(
     return analysis, pinned
 
 
-def _structural_literals(stmt: exp.Expression, toks: _Tokens) -> set[int]:
+def _structural_literals(stmt: exp.Expr, toks: _Tokens) -> set[int]:
     """Literal tokens that are not plain values: the parser used them as names, or
     they are limits. The cache only reuses an analysis when these are unchanged."""
     value_starts: set[int] = set()
@@ -289,7 +289,7 @@ def _structural_literals(stmt: exp.Expression, toks: _Tokens) -> set[int]:
 _SEARCH_PATH = re.compile(r"^\s*(?:session\s+|local\s+)?search_path\s*(?:to|=)\s*(.+)$", re.I | re.S)
 
 
-def _search_path_after_set(stmt: exp.Expression, path: tuple[str, ...], catalog: Catalog) -> tuple[str, ...] | None:
+def _search_path_after_set(stmt: exp.Expr, path: tuple[str, ...], catalog: Catalog) -> tuple[str, ...] | None:
     text = stmt.sql(dialect=catalog.dialect)
     text = re.sub(r"^\s*SET\s+", "", text, flags=re.I)
     m = _SEARCH_PATH.match(text)
@@ -313,7 +313,7 @@ _DYNAMIC = {"call", "do", "execute"}
 
 
 def analyse_statement(
-    stmt: exp.Expression, index: int, text: str, catalog: Catalog, path: tuple[str, ...]
+    stmt: exp.Expr, index: int, text: str, catalog: Catalog, path: tuple[str, ...]
 ) -> StatementAnalysis:
     """Analysis of one parsed statement. ``path`` is the search path in force."""
     kind = statement_kind(stmt)
@@ -327,7 +327,7 @@ def analyse_statement(
         result = _dispatch(stmt, kind, base, lineage)
     except RecursionError:
         return replace(base, unresolved=(Unresolved("too-deep", "the statement is nested too deeply to analyse"),))
-    except Exception as exc:  # noqa: BLE001 - sqlglot may raise anything on odd input
+    except Exception as exc:
         message = f"the statement could not be analysed ({type(exc).__name__}: {str(exc)[:200]})"
         return replace(base, unresolved=(Unresolved("analysis-failed", message),))
     return replace(
@@ -339,7 +339,7 @@ def analyse_statement(
     )
 
 
-def _dispatch(stmt: exp.Expression, kind: str, base: StatementAnalysis, lineage: QueryLineage) -> StatementAnalysis:
+def _dispatch(stmt: exp.Expr, kind: str, base: StatementAnalysis, lineage: QueryLineage) -> StatementAnalysis:
     if isinstance(stmt, exp.Query):
         query = lineage.qualify(stmt)
         outputs = lineage.analyse(query)
@@ -381,7 +381,7 @@ def _dispatch(stmt: exp.Expression, kind: str, base: StatementAnalysis, lineage:
 def _command(stmt: exp.Command, base: StatementAnalysis, catalog: Catalog, path: tuple[str, ...]) -> StatementAnalysis:
     kind = base.kind
     word = str(stmt.this).upper()
-    body = stmt.expression.name if isinstance(stmt.expression, exp.Literal) else stmt.expression.sql() if isinstance(stmt.expression, exp.Expression) else ""
+    body = stmt.expression.name if isinstance(stmt.expression, exp.Literal) else stmt.expression.sql() if isinstance(stmt.expression, exp.Expr) else ""
     if kind in _DYNAMIC:
         return replace(
             base,
@@ -454,14 +454,14 @@ def _update_delete(stmt: exp.Update | exp.Delete, base: StatementAnalysis, linea
     target = _table_name(target_node)
     if lineage.catalog.get(target_node.db, target_node.name) is None if target_node.db else True:
         return replace(base, writes=(target,), unresolved=(Unresolved("unknown-table", f"table {target} is not in the catalog"),))
-    extra: list[exp.Expression] = []
+    extra: list[exp.Expr] = []
     if isinstance(stmt, exp.Update) and stmt.args.get("from_"):
         from_ = stmt.args["from_"]
         extra.append(from_.this)
         extra.extend(j for j in (stmt.args.get("joins") or []))
     if isinstance(stmt, exp.Delete):
         extra.extend(stmt.args.get("using") or [])
-    assignments: list[tuple[str, exp.Expression]] = []
+    assignments: list[tuple[str, exp.Expr]] = []
     if isinstance(stmt, exp.Update):
         for eq in stmt.expressions:
             if isinstance(eq, exp.EQ) and isinstance(eq.this, exp.Column):
@@ -471,7 +471,7 @@ def _update_delete(stmt: exp.Update | exp.Delete, base: StatementAnalysis, linea
     select = exp.select(*[exp.alias_(v.copy(), f"__set_{i}") for i, (_, v) in enumerate(assignments)] or [exp.Literal.number(1)])
     select = select.from_(target_node.copy())
     for src in extra:
-        select = select.join(src.copy()) if not isinstance(src, exp.Join) else select.join(src.copy())
+        select = select.join(src.copy())
     if isinstance(where, exp.Where):
         select = select.where(where.this.copy())
     # Keep literal positions: copies keep meta.
@@ -495,11 +495,11 @@ def _update_delete(stmt: exp.Update | exp.Delete, base: StatementAnalysis, linea
 
 
 def _returning(
-    stmt: exp.Expression,
+    stmt: exp.Expr,
     target_node: exp.Table,
     lineage: QueryLineage,
-    extra: list[exp.Expression],
-    where: exp.Expression | None,
+    extra: list[exp.Expr],
+    where: exp.Expr | None,
 ) -> tuple[OutputColumn, ...]:
     returning = stmt.args.get("returning")
     if not isinstance(returning, exp.Returning):
@@ -519,7 +519,7 @@ def _returning(
 def _merge(stmt: exp.Merge, base: StatementAnalysis, lineage: QueryLineage) -> StatementAnalysis:
     target_node = stmt.this
     using = stmt.args.get("using")
-    if not isinstance(target_node, exp.Table) or not isinstance(using, exp.Expression):
+    if not isinstance(target_node, exp.Table) or not isinstance(using, exp.Expr):
         return replace(base, unresolved=(Unresolved("unsupported-statement", "MERGE shape not supported"),))
     target = _table_name(target_node)
     rel = lineage.catalog.get(target_node.db, target_node.name) if target_node.db else None
@@ -534,7 +534,7 @@ def _merge(stmt: exp.Merge, base: StatementAnalysis, lineage: QueryLineage) -> S
     for out in outs:
         sources |= out.sources | out.opaque
     on = stmt.args.get("on")
-    if isinstance(on, exp.Expression):
+    if isinstance(on, exp.Expr):
         probe = exp.select(exp.Literal.number(1)).from_(target_node.copy()).join(using.copy(), on=on.copy())
         lineage.analyse(lineage.qualify(probe))
     writes = tuple(ColumnWrite(ColumnRef(rel.schema, rel.name, c), frozenset(sources)) for c in rel.columns)
@@ -575,11 +575,11 @@ def _table_name(table: exp.Table) -> str:
     return f"{table.db}.{table.name}" if table.db else table.name
 
 
-def _has_where(query: exp.Expression) -> bool:
+def _has_where(query: exp.Expr) -> bool:
     return isinstance(query, exp.Select) and query.args.get("where") is not None
 
 
-def _limit(query: exp.Expression) -> int | None:
+def _limit(query: exp.Expr) -> int | None:
     limit = query.args.get("limit")
     node = limit.args.get("expression") or limit.args.get("count") if isinstance(limit, (exp.Limit, exp.Fetch)) else None
     if isinstance(node, exp.Literal) and not node.is_string:

@@ -20,7 +20,7 @@ KIND_GROUPS: dict[str, frozenset[str]] = {
     "all": frozenset(KINDS),
 }
 
-_BY_TYPE: tuple[tuple[type[exp.Expression], str], ...] = (
+_BY_TYPE: tuple[tuple[type[exp.Expr], str], ...] = (
     (exp.Query, "select"),  # Select and set operations (UNION ...)
     (exp.Insert, "insert"),
     (exp.Update, "update"),
@@ -53,7 +53,7 @@ _COMMANDS = {
 }  # fmt: skip
 
 
-def statement_kind(node: exp.Expression) -> str:
+def statement_kind(node: exp.Expr) -> str:
     """The kind of one parsed statement; ``other`` when it is none of the known ones."""
     if isinstance(node, exp.Command):
         word = str(node.this).upper()

@@ -90,7 +90,7 @@ KNOWN_FUNCTIONS = frozenset(
     }
 )  # fmt: skip
 
-_COMPARISONS: tuple[type[exp.Expression], ...] = (
+_COMPARISONS: tuple[type[exp.Expr], ...] = (
     exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.Like, exp.ILike, exp.In,
     exp.Between, exp.NullSafeEQ, exp.NullSafeNEQ, exp.RegexpLike, exp.RegexpILike,
     exp.SimilarTo, exp.Glob, exp.Is,
@@ -108,7 +108,7 @@ _CLAUSE_USAGE = {
 _MAX_RECURSIVE_ROUNDS = 8
 
 
-def function_name(node: exp.Expression) -> str:
+def function_name(node: exp.Expr) -> str:
     """Lower-case SQL name of a function node (``Anonymous`` or a modelled one)."""
     if isinstance(node, exp.Anonymous):
         return str(node.this).lower()
@@ -143,12 +143,13 @@ class SchemaCache:
 
     def __init__(self) -> None:
         self._by_version: dict[str, MappingSchema] = {}
-        self._views: dict[tuple[str, str, str], tuple[OutputColumn, ...] | Unresolved] = {}
+        self._views: dict[tuple[str, str, str], _ViewLineage | Unresolved] = {}
 
     def schema(self, catalog: Catalog) -> MappingSchema:
         found = self._by_version.get(catalog.version)
         if found is None:
-            found = MappingSchema(catalog.schema_mapping(), dialect=catalog.dialect, normalize=False)
+            mapping: dict[str, object] = dict(catalog.schema_mapping())
+            found = MappingSchema(mapping, dialect=catalog.dialect, normalize=False)
             if len(self._by_version) > 16:
                 self._by_version.clear()
             self._by_version[catalog.version] = found
@@ -156,7 +157,7 @@ class SchemaCache:
 
     def view_outputs(
         self, catalog: Catalog, view: Relation, stack: tuple[str, ...]
-    ) -> tuple[OutputColumn, ...] | Unresolved:
+    ) -> _ViewLineage | Unresolved:
         key = (catalog.version, view.schema, view.name)
         found = self._views.get(key)
         if found is not None:
@@ -172,7 +173,7 @@ SCHEMAS = SchemaCache()
 
 
 def resolve_table_schemas(
-    stmt: exp.Expression, catalog: Catalog, search_path: tuple[str, ...]
+    stmt: exp.Expr, catalog: Catalog, search_path: tuple[str, ...]
 ) -> None:
     """Give every unqualified table its schema from the search path (CTE names excepted)."""
     cte_names = {cte.alias_or_name for cte in stmt.find_all(exp.CTE)}
@@ -211,7 +212,7 @@ class QueryLineage:
 
     # -- entry points -------------------------------------------------------------------
 
-    def qualify(self, query: exp.Expression) -> exp.Expression:
+    def qualify(self, query: exp.Expr) -> exp.Expr:
         """Qualify columns and expand stars in place (tables must carry their schema)."""
         return qualify(
             query,
@@ -222,7 +223,7 @@ class QueryLineage:
             identify=False,
         )
 
-    def analyse(self, query: exp.Expression, *, usage: Usage = Usage.PROJECTED) -> list[OutputColumn]:
+    def analyse(self, query: exp.Expr, *, usage: Usage = Usage.PROJECTED) -> list[OutputColumn]:
         """Outputs of ``query`` (already qualified). Records uses, reads and literals."""
         root = build_scope(query)
         if root is None:
@@ -251,7 +252,7 @@ class QueryLineage:
                     self.uses.add(ColumnUse(src, usage))
         return outputs
 
-    def expression_flow(self, node: exp.Expression, scope_expr: exp.Expression, usage: Usage) -> Flow:
+    def expression_flow(self, node: exp.Expr, scope_expr: exp.Expr, usage: Usage) -> Flow:
         """Flow of ``node`` evaluated in the scope rooted at ``scope_expr`` (after ``analyse``)."""
         scope = self._scope_of.get(id(scope_expr))
         if scope is None:
@@ -311,7 +312,7 @@ class QueryLineage:
             outs.append(OutputColumn(present[0][i].name, frozenset(srcs), transformed, frozenset(opaque)))
         return outs
 
-    def _udtf_outputs(self, expr: exp.Expression, scope: Scope, *, record: bool) -> list[OutputColumn]:
+    def _udtf_outputs(self, expr: exp.Expr, scope: Scope, *, record: bool) -> list[OutputColumn]:
         fn = expr.this if isinstance(expr, exp.Lateral) else expr
         flow = Flow()
         for arg in _function_args(fn):
@@ -324,7 +325,10 @@ class QueryLineage:
         assert isinstance(expr, exp.Select)
         for source in select.sources.values():
             if isinstance(source, exp.Table) and record:
-                self._check_table(source)
+                if isinstance(source.this, exp.Identifier):
+                    self._check_table(source)
+                else:
+                    self._table_function_columns(source, select, record=False)
         outs: list[OutputColumn] = []
         for projection in expr.selects:
             if isinstance(projection, exp.Star) or (
@@ -341,16 +345,17 @@ class QueryLineage:
 
     def _record_clauses(self, scope: Scope) -> None:
         expr = scope.expression
+        assert isinstance(expr, exp.Select)
         for key, usage in _CLAUSE_USAGE.items():
             clause = expr.args.get(key)
-            if isinstance(clause, exp.Expression):
+            if isinstance(clause, exp.Expr):
                 self._flow(clause, scope, usage, record=True)
                 if usage is Usage.PREDICATE:
                     self._bind_predicate_literals(clause, scope)
         for join in expr.args.get("joins") or []:
             for key in ("on", "using"):
                 cond = join.args.get(key)
-                if isinstance(cond, exp.Expression):
+                if isinstance(cond, exp.Expr):
                     self._flow(cond, scope, Usage.JOIN, record=True)
                     self._bind_predicate_literals(cond, scope)
                 elif isinstance(cond, list):
@@ -361,7 +366,7 @@ class QueryLineage:
                 if isinstance(cmp, _COMPARISONS):
                     self._bind_literals(cmp, scope)
 
-    def _using_column(self, ident: exp.Expression, scope: Scope) -> None:
+    def _using_column(self, ident: exp.Expr, scope: Scope) -> None:
         name = ident.name
         for alias, source in scope.sources.items():
             for out in self._source_columns(alias, source, scope, record=False):
@@ -371,7 +376,7 @@ class QueryLineage:
 
     # -- expressions --------------------------------------------------------------------
 
-    def _flow(self, node: exp.Expression, scope: Scope, usage: Usage, *, record: bool) -> Flow:
+    def _flow(self, node: exp.Expr, scope: Scope, usage: Usage, *, record: bool) -> Flow:
         flow = Flow()
         try:
             self._flow_into(node, scope, usage, flow, record)
@@ -383,7 +388,7 @@ class QueryLineage:
             flow.direct = False
         return flow
 
-    def _flow_into(self, node: exp.Expression, scope: Scope, usage: Usage, flow: Flow, record: bool) -> None:
+    def _flow_into(self, node: exp.Expr, scope: Scope, usage: Usage, flow: Flow, record: bool) -> None:
         if isinstance(node, exp.Column):
             self._column_flow(node, scope, usage, flow, record)
             return
@@ -414,8 +419,8 @@ class QueryLineage:
         if isinstance(node, exp.Count):
             # A count reveals how many, not what: its argument carries no value out.
             sink = Flow()
-            for child in node.iter_expressions():
-                self._flow_into(child, scope, usage, sink, record)
+            for counted in node.iter_expressions():
+                self._flow_into(counted, scope, usage, sink, record)
             return
         if isinstance(node, exp.Window):
             self._flow_into(node.this, scope, usage, flow, record)
@@ -424,7 +429,7 @@ class QueryLineage:
                 part = node.args.get(key)
                 parts = part if isinstance(part, list) else [part]
                 for p in parts:
-                    if isinstance(p, exp.Expression):
+                    if isinstance(p, exp.Expr):
                         self._flow_into(p, scope, Usage.WINDOW, sink, record)
             return
         if isinstance(node, exp.Func) and not isinstance(node, exp.Count):
@@ -434,13 +439,13 @@ class QueryLineage:
             if isinstance(node, exp.Anonymous) and name not in KNOWN_FUNCTIONS:
                 # Unknown function: what it returns cannot be reasoned about.
                 inner_flow = Flow()
-                for child in node.iter_expressions():
-                    self._flow_into(child, scope, usage, inner_flow, record)
+                for operand in node.iter_expressions():
+                    self._flow_into(operand, scope, usage, inner_flow, record)
                 flow.sources |= inner_flow.sources
                 flow.opaque |= inner_flow.sources | inner_flow.opaque
                 return
-        for child in node.iter_expressions():
-            self._flow_into(child, scope, usage, flow, record)
+        for sub in node.iter_expressions():
+            self._flow_into(sub, scope, usage, flow, record)
 
     def _column_flow(self, col: exp.Column, scope: Scope, usage: Usage, flow: Flow, record: bool) -> None:
         table = col.table
@@ -494,7 +499,7 @@ class QueryLineage:
         return None
 
     def _lookup_source_columns(
-        self, name: str, scope: Scope, node: exp.Expression, *, record: bool
+        self, name: str, scope: Scope, node: exp.Expr, *, record: bool
     ) -> list[OutputColumn]:
         found = self._find_source(name, scope)
         if found is None:
@@ -535,15 +540,14 @@ class QueryLineage:
                 self.unresolved.append(result)
                 return []
             if record:
-                for out in result:
-                    for src in out.sources:
-                        self.reads[src.relation] = None
-            return list(result)
+                for rel_name in result.reads:
+                    self.reads[rel_name] = None
+            return list(result.outputs)
         return [OutputColumn(c, frozenset({ColumnRef(rel.schema, rel.name, c)})) for c in rel.columns]
 
     def _table_function_columns(self, table: exp.Table, scope: Scope, *, record: bool) -> list[OutputColumn]:
         fn = table.this
-        name = function_name(fn) if isinstance(fn, exp.Expression) else ""
+        name = function_name(fn) if isinstance(fn, exp.Expr) else ""
         if isinstance(fn, (exp.ReadCSV, exp.ReadParquet)) or name in FILE_READERS:
             self._fail("file-reader", f"{name or 'a file reader'}() reads data from outside the catalog", table)
             return []
@@ -551,7 +555,7 @@ class QueryLineage:
             self._fail("unknown-table-function", f"table function {name}() is not known to be safe", table)
             return []
         flow = Flow()
-        if isinstance(fn, exp.Expression):
+        if isinstance(fn, exp.Expr):
             for arg in _function_args(fn):
                 flow.absorb(self._flow(arg, scope, Usage.PROJECTED, record=record))
         names = _alias_columns(table) or [table.alias or name]
@@ -574,14 +578,14 @@ class QueryLineage:
 
     # -- literals -----------------------------------------------------------------------
 
-    def _bind_predicate_literals(self, clause: exp.Expression, scope: Scope) -> None:
+    def _bind_predicate_literals(self, clause: exp.Expr, scope: Scope) -> None:
         # Each conjunct binds its literals to every column it mentions: a literal
         # searched for next to a classified column is itself sensitive.
         root = clause.this if isinstance(clause, (exp.Where, exp.Having, exp.Qualify)) else clause
         for part in _conjuncts(root):
             self._bind_literals(part, scope)
 
-    def _bind_literals(self, node: exp.Expression, scope: Scope) -> None:
+    def _bind_literals(self, node: exp.Expr, scope: Scope) -> None:
         literals = [n for n in _walk_scope(node, self._scope_of, scope.expression) if isinstance(n, exp.Literal)]
         if not literals:
             return
@@ -601,14 +605,20 @@ class QueryLineage:
 
     # -- errors -------------------------------------------------------------------------
 
-    def _fail(self, code: str, message: str, node: exp.Expression) -> None:
+    def _fail(self, code: str, message: str, node: exp.Expr) -> None:
         line, col = _position(node)
         self.unresolved.append(Unresolved(code, message, line, col))
 
 
+@dataclass(frozen=True)
+class _ViewLineage:
+    outputs: tuple[OutputColumn, ...]
+    reads: tuple[str, ...]  # relations the view reads, nested views included
+
+
 def _analyse_view(
     catalog: Catalog, view: Relation, stack: tuple[str, ...], schemas: SchemaCache
-) -> tuple[OutputColumn, ...] | Unresolved:
+) -> _ViewLineage | Unresolved:
     """Lineage of a view's columns, from its definition, renamed to the view's column names."""
     import sqlglot  # local: avoids a cycle at import time
     from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
@@ -617,7 +627,7 @@ def _analyse_view(
         return Unresolved("view-cycle", f"view {view.qualified} refers to itself")
     try:
         query = sqlglot.parse_one(view.definition or "", dialect=catalog.dialect)
-    except Exception as exc:  # noqa: BLE001 - any parser failure means "unknown"
+    except Exception as exc:
         return Unresolved("view-unparseable", f"view {view.qualified} could not be parsed: {type(exc).__name__}")
     if not isinstance(query, exp.Query):
         return Unresolved("view-unparseable", f"view {view.qualified} is not a query")
@@ -628,49 +638,48 @@ def _analyse_view(
     try:
         qualified = lineage.qualify(query)
         outs = lineage.analyse(qualified)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return Unresolved("view-unresolved", f"view {view.qualified} could not be analysed: {type(exc).__name__}")
     if lineage.unresolved:
         first = lineage.unresolved[0]
         return Unresolved(first.code, f"in view {view.qualified}: {first.message}")
     if len(outs) != len(view.columns):
         return Unresolved("view-unresolved", f"view {view.qualified} has {len(view.columns)} columns but its definition gives {len(outs)}")
-    return tuple(
-        OutputColumn(name, o.sources, o.transformed, o.opaque) for name, o in zip(view.columns, outs, strict=True)
+    return _ViewLineage(
+        tuple(OutputColumn(name, o.sources, o.transformed, o.opaque) for name, o in zip(view.columns, outs, strict=True)),
+        tuple(lineage.reads),
     )
 
 
-def _alias_columns(expr: exp.Expression) -> list[str]:
+def _alias_columns(expr: exp.Expr) -> list[str]:
     alias = expr.args.get("alias")
     if isinstance(alias, exp.TableAlias):
         return [c.name for c in alias.columns]
     return []
 
 
-def _first_row(values: exp.Values) -> list[exp.Expression]:
+def _first_row(values: exp.Values) -> list[exp.Expr]:
     rows = values.expressions
     if rows and isinstance(rows[0], exp.Tuple):
         return list(rows[0].expressions)
     return list(rows[:1])
 
 
-def _function_args(fn: exp.Expression) -> Iterator[exp.Expression]:
+def _function_args(fn: exp.Expr) -> Iterator[exp.Expr]:
     yield from fn.iter_expressions()
 
 
-def _conjuncts(node: exp.Expression) -> Iterator[exp.Expression]:
+def _conjuncts(node: exp.Expr) -> Iterator[exp.Expr]:
     if isinstance(node, (exp.And, exp.Or)):
         yield from _conjuncts(node.left)
         yield from _conjuncts(node.right)
-    elif isinstance(node, exp.Paren):
-        yield from _conjuncts(node.this)
-    elif isinstance(node, exp.Not):
+    elif isinstance(node, (exp.Paren, exp.Not)):
         yield from _conjuncts(node.this)
     else:
         yield node
 
 
-def _walk_scope(node: exp.Expression, scope_of: dict[int, Scope], own: exp.Expression) -> Iterator[exp.Expression]:
+def _walk_scope(node: exp.Expr, scope_of: dict[int, Scope], own: exp.Expr) -> Iterator[exp.Expr]:
     """Nodes under ``node`` that belong to the same scope (child scopes pruned)."""
     stack = [node]
     while stack:
@@ -681,7 +690,7 @@ def _walk_scope(node: exp.Expression, scope_of: dict[int, Scope], own: exp.Expre
         stack.extend(current.iter_expressions())
 
 
-def _position(node: exp.Expression) -> tuple[int | None, int | None]:
+def _position(node: exp.Expr) -> tuple[int | None, int | None]:
     for candidate in (node, *node.find_all(exp.Identifier, exp.Literal)):
         meta = candidate.meta
         if "line" in meta:

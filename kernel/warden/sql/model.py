@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 
-class Usage(str, Enum):
+class Usage(StrEnum):
     """How a statement uses a column."""
 
     PROJECTED = "projected"  # flows to the output (select list)

@@ -35,7 +35,7 @@ def apply_row_filters(
         raise AnalysisError(f"cannot apply row filters: statement does not parse ({exc})") from None
     normalize_identifiers(stmt, dialect=dialect)
     resolve_table_schemas(stmt, catalog, path)
-    predicates: dict[str, exp.Expression] = {}
+    predicates: dict[str, exp.Expr] = {}
     for relation, text in filters.items():
         try:
             predicates[relation] = sqlglot.parse_one(text, dialect=dialect)
@@ -56,7 +56,7 @@ def apply_row_filters(
     for table in list(stmt.find_all(exp.Table)):
         if table is target or not isinstance(table.this, exp.Identifier):
             continue
-        if table.parent is stmt or isinstance(table.parent, exp.Schema) and table.parent.parent is stmt:
+        if table.parent is stmt or (isinstance(table.parent, exp.Schema) and table.parent.parent is stmt):
             continue  # the written table of INSERT / CREATE, not a read
         pred = predicates.get(_name(table))
         if pred is None:
@@ -71,7 +71,7 @@ def _name(table: exp.Table) -> str:
     return f"{table.db}.{table.name}" if table.db else table.name
 
 
-def _qualify_columns(pred: exp.Expression, alias: str) -> exp.Expression:
+def _qualify_columns(pred: exp.Expr, alias: str) -> exp.Expr:
     for col in pred.find_all(exp.Column):
         if not col.table:
             col.set("table", exp.to_identifier(alias))
