@@ -143,7 +143,7 @@ def _execute(con: duckdb.DuckDBPyConnection, sql: str, decision: Decision, catal
     filters = {f.relation: f.predicate for f in decision.row_filters}
     if filters:
         sql = apply_row_filters(sql, filters, catalog)
-    table: pa.Table = con.execute(sql).to_arrow_table()
+    table: pa.Table = con.sql(sql).to_arrow_table()
     for m in decision.masks:
         col = table.column(m.position)
         table = table.set_column(m.position, table.field(m.position).name, mask_array(col, m.operator, key=DEMO_KEY))

@@ -258,6 +258,10 @@ def _statement(
             op = escalate_for_transform(op)
         if op.kind != "clear":
             masks.append(ColumnMask(i, pos, out.name, op, tuple(sorted(classes)), rules))
+            how = "transformed from" if out.transformed else "copy of"
+            reasons.append(
+                Reason(rules[0], f"{label}: column {out.name!r} ({how} {', '.join(sorted(classes))}) masked with {op.spec}", "mask", i)
+            )
 
     # Classified columns used to filter, join, group or sort reveal values without showing them.
     revealing = {u.column for u in st.uses if u.usage.reveals_by_filtering}
