@@ -19,9 +19,9 @@ import sqlglot
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from engine_fixtures import fixture_catalog, fixture_policy  # noqa: E402
-from warden.policy.engine import Identity, decide  # noqa: E402
-from warden.sql.analyze import AnalysisCache, analyze_cell  # noqa: E402
+from engine_fixtures import fixture_catalog, fixture_policy
+from warden.policy.engine import Identity, decide
+from warden.sql.analyze import AnalysisCache, analyze_cell
 
 CORPUS = [
     "SELECT id, name, email FROM customers WHERE region = 'emea' ORDER BY name LIMIT 100",

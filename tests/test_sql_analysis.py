@@ -154,3 +154,53 @@ def test_row_filter_rewrite_runs_on_duckdb() -> None:
 
 def test_usage_enum_filtering_flags() -> None:
     assert Usage.PREDICATE.reveals_by_filtering and not Usage.PROJECTED.reveals_by_filtering
+
+
+def test_taint_makes_copied_column_masked_when_read_later() -> None:
+    eng = Identity("eve", frozenset({"eng"}))
+    copy = decide(POLICY, eng, analyze_cell("INSERT INTO orders (id, region) SELECT id, email FROM customers", PG), "pg")
+    assert copy.action == "hold"
+    taints = {f"pg.{t.column.qualified}": t.classifications for t in copy.taints}
+    assert taints == {"pg.public.orders.region": frozenset({"pii.email"})}
+    analyst = Identity("ana", frozenset({"analysts"}), {"region": "emea"})
+    before = decide(POLICY, analyst, analyze_cell("SELECT region FROM orders", PG), "pg")
+    after = decide(POLICY, analyst, analyze_cell("SELECT region FROM orders", PG), "pg", taints=taints)
+    assert before.masks == ()
+    assert [m.column for m in after.masks] == ["region"]
+
+
+def test_sql_masks_are_applied_in_the_query(postgres: object, pg_dsn: str) -> None:
+    import psycopg
+
+    from warden.masking.operators import parse_operator
+    from warden.sql.sqlmask import apply_sql_masks
+
+    op = parse_operator("sql:left({col}, 2) || '***'")
+    sql = apply_sql_masks(
+        "SELECT 'ada@example.org' AS email, 1 AS id, 2 AS id", ["email", "id", "id"], {0: op}, "postgres"
+    )
+    with psycopg.connect(pg_dsn) as con:
+        row = con.execute(sql).fetchone()
+    assert row == ("ad***", 1, 2)
+    assert "ada@example.org" not in str(row)
+
+
+def test_catalog_cache_refreshes_and_keeps_last_good() -> None:
+    from warden.errors import CatalogError
+    from warden.sql.catalog_live import CatalogCache
+
+    calls: list[int] = []
+
+    def loader():  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 3:
+            raise CatalogError("database went away")
+        return PG
+
+    cache = CatalogCache(loader, ttl=3600)
+    assert cache.get() is PG and cache.get() is PG
+    assert len(calls) == 1
+    assert cache.refresh() is PG and len(calls) == 2
+    with pytest.raises(CatalogError):
+        cache.refresh()
+    assert cache.get() is PG  # the last good catalog is still served

@@ -346,7 +346,8 @@ def _mask_for(policy: Policy, roles: tuple[Role, ...], classes: frozenset[str]) 
                 rules.append(f"role:{role.name}/masks/{cls}")
     chosen = strongest(ops)
     used = tuple(dict.fromkeys(r for r, o in zip(rules, ops, strict=True) if o == chosen))
-    return chosen, used
+    # strongest() may combine partial operators into a stronger one none of them named.
+    return chosen, used or tuple(dict.fromkeys(rules))
 
 
 def _strictest(roles: tuple[Role, ...], setting: str, default: str) -> tuple[str, str]:

@@ -27,7 +27,7 @@ from warden.sql.catalog import Catalog, Relation
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["load_catalog", "load_duckdb_catalog", "load_postgres_catalog"]
+__all__ = ["CatalogCache", "load_catalog", "load_duckdb_catalog", "load_postgres_catalog"]
 
 #: Seconds to wait for a PostgreSQL server when the DSN does not say (libpq waits forever).
 DEFAULT_CONNECT_TIMEOUT = 10
@@ -407,3 +407,43 @@ def load_catalog(dialect: str, target: Any) -> Catalog:
     if name == "duckdb":
         return load_duckdb_catalog(target)
     raise CatalogError(f"unsupported dialect {dialect!r}; use one of postgres, duckdb")
+
+
+class CatalogCache:
+    """A catalog loaded on first use, kept for ``ttl`` seconds, refreshable on demand.
+
+    ``get()`` is cheap while fresh; ``refresh()`` reloads now (after DDL, say). A
+    failed reload keeps serving the previous catalog and re-raises, so callers
+    can fail closed on that request without losing the last good state.
+    """
+
+    def __init__(self, loader: Any, *, ttl: float = 300.0) -> None:
+        import threading
+
+        self._loader = loader
+        self._ttl = ttl
+        self._catalog: Catalog | None = None
+        self._loaded_at = 0.0
+        self._lock = threading.Lock()
+
+    def get(self) -> Catalog:
+        import time
+
+        with self._lock:
+            if self._catalog is None or time.monotonic() - self._loaded_at > self._ttl:
+                return self._reload_locked()
+            return self._catalog
+
+    def refresh(self) -> Catalog:
+        with self._lock:
+            return self._reload_locked()
+
+    def _reload_locked(self) -> Catalog:
+        import time
+
+        catalog = self._loader()
+        if not isinstance(catalog, Catalog):
+            raise CatalogError("the catalog loader did not return a Catalog")
+        self._catalog = catalog
+        self._loaded_at = time.monotonic()
+        return catalog

@@ -175,16 +175,45 @@ SCHEMAS = SchemaCache()
 def resolve_table_schemas(
     stmt: exp.Expr, catalog: Catalog, search_path: tuple[str, ...]
 ) -> None:
-    """Give every unqualified table its schema from the search path (CTE names excepted)."""
-    cte_names = {cte.alias_or_name for cte in stmt.find_all(exp.CTE)}
+    """Give every unqualified table its schema from the search path, unless a CTE
+    visible at that point has its name (a CTE is not visible in its own body,
+    unless the WITH is RECURSIVE, nor in the CTEs before it)."""
+    has_ctes = any(True for _ in stmt.find_all(exp.CTE))
     for table in stmt.find_all(exp.Table):
         if not isinstance(table.this, exp.Identifier) or table.args.get("db"):
             continue
-        if table.name in cte_names:
+        if has_ctes and table.name in _visible_ctes(table):
             continue
         rel = catalog.resolve(table.name, search_path)
         if rel is not None:
             table.set("db", exp.to_identifier(rel.schema, quoted=True))
+
+
+def _clause_of(node: exp.Expr, owner: exp.Expr) -> str | None:
+    """The argument of ``owner`` (``where``, ``order``, ``expressions`` ...) holding ``node``."""
+    current = node
+    while current.parent is not None:
+        if current.parent is owner:
+            return current.arg_key
+        current = current.parent
+    return None
+
+
+def _visible_ctes(table: exp.Expr) -> set[str]:
+    visible: set[str] = set()
+    node: exp.Expr = table
+    while node.parent is not None:
+        parent = node.parent
+        if isinstance(node, exp.CTE) and isinstance(parent, exp.With):
+            names = [c.alias_or_name for c in parent.expressions]
+            k = parent.expressions.index(node)
+            visible.update(names[: k + 1] if parent.args.get("recursive") else names[:k])
+        elif not isinstance(node, exp.With):
+            with_ = parent.args.get("with_")
+            if isinstance(with_, exp.With):
+                visible.update(c.alias_or_name for c in with_.expressions)
+        node = parent
+    return visible
 
 
 class QueryLineage:
@@ -457,9 +486,9 @@ class QueryLineage:
             name = col.name
             # ORDER BY / GROUP BY may name an output alias.
             expr = scope.expression
-            if isinstance(expr, exp.Select):
+            if isinstance(expr, exp.Select) and _clause_of(col, expr) not in (None, "expressions"):
                 for projection in expr.selects:
-                    if isinstance(projection, exp.Alias) and projection.alias == name and col.find_ancestor(exp.Select) is expr and not col.find_ancestor(exp.Alias):
+                    if isinstance(projection, exp.Alias) and projection.alias == name:
                         self._flow_into(projection.this, scope, usage, flow, record)
                         return
             # A bare table alias is a whole-row reference: every column flows.
