@@ -56,9 +56,7 @@ def luhn_complete(prefix: str) -> str:
 
 
 def make_emails(n: int, rng: random.Random) -> list[str]:
-    return [
-        f"{rng.choice(FIRST)}.{rng.choice(LAST)}{i}@{rng.choice(DOMAINS)}" for i in range(n)
-    ]
+    return [f"{rng.choice(FIRST)}.{rng.choice(LAST)}{i}@{rng.choice(DOMAINS)}" for i in range(n)]
 
 
 def make_cards(n: int, rng: random.Random) -> list[str]:
@@ -76,7 +74,19 @@ def make_dates(n: int, rng: random.Random) -> list[str]:
 
 def make_text(n: int, rng: random.Random, emails: list[str], cards: list[str]) -> list[str]:
     """Free text: ~5% carry an e-mail, card, SSN, phone or token; the rest are clean."""
-    words = ["order", "shipped", "on", "time", "customer", "asked", "for", "refund", "item", "42", "backordered"]
+    words = [
+        "order",
+        "shipped",
+        "on",
+        "time",
+        "customer",
+        "asked",
+        "for",
+        "refund",
+        "item",
+        "42",
+        "backordered",
+    ]
     out = []
     for i in range(n):
         text = " ".join(rng.choices(words, k=8))

@@ -286,15 +286,7 @@ def _statement(
             reasons.append(Reason(rule, f"{label}: writes classified data ({'; '.join(written_classified)})", action, i))  # type: ignore[arg-type]
 
     # Conditions.
-    facts: dict[str, Any] = {
-        "kind": st.kind,
-        "where": st.has_where,
-        "limit": st.limit,
-        "tables": relations,
-        "statements": count,
-        "classified": bool(classify.of(c.column for c in st.uses)),
-        "writes": st.kind in _WRITE_KINDS,
-    }
+    facts = statement_facts(st, classify, count)
     for role in roles:
         for cond in role.deny:
             try:
@@ -323,6 +315,20 @@ def _statement(
                 reasons.append(Reason(rule, f"{label}: the row filter on {full} needs user attribute {exc.args[0]!r}, which your identity lacks", "deny", i))
                 continue
             filters.append(RowFilter(i, rel, bound, rule))
+
+
+def statement_facts(st: StatementAnalysis, classify: Classifier, count: int, **extra: Any) -> dict[str, Any]:
+    """The facts hold/deny conditions see for one statement (``extra``: gateway facts)."""
+    return {
+        "kind": st.kind,
+        "where": st.has_where,
+        "limit": st.limit,
+        "tables": tuple(dict.fromkeys((*st.reads, *st.writes))),
+        "statements": count,
+        "classified": bool(classify.of(c.column for c in st.uses)),
+        "writes": st.kind in _WRITE_KINDS,
+        **extra,
+    }
 
 
 def _expand(kinds: frozenset[str]) -> frozenset[str]:

@@ -31,7 +31,9 @@ SETTINGS: dict[str, tuple[str, ...]] = {
     "role": (
         "description", "members", "connections", "statements", "tables", "deny_tables",
         "masks", "row_filters", "classified_in_predicates", "classified_writes", "hold", "deny",
+        "limits",
     ),
+    "limits": ("statement_timeout_ms", "max_rows", "max_bytes"),
     "members": ("groups", "users"),
     "approvers": ("groups", "users", "roles"),
 }  # fmt: skip
@@ -55,6 +57,15 @@ class RuleCondition:
 
 
 @dataclass(frozen=True)
+class RoleLimits:
+    """Per-role execution limits; ``None`` means the gateway's default."""
+
+    statement_timeout_ms: int | None = None
+    max_rows: int | None = None
+    max_bytes: int | None = None
+
+
+@dataclass(frozen=True)
 class Role:
     name: str
     description: str = ""
@@ -70,6 +81,7 @@ class Role:
     classified_writes: str | None = None
     hold: tuple[RuleCondition, ...] = ()
     deny: tuple[RuleCondition, ...] = ()
+    limits: RoleLimits = field(default_factory=RoleLimits)
 
     def matches(self, subject: str, groups: frozenset[str]) -> bool:
         return subject in self.users or bool(self.groups & groups)
@@ -310,6 +322,7 @@ def _build(data: Any, loc: _Located) -> Policy:
                 classified_writes=_action(spec.get("classified_writes"), (*path, "classified_writes"), loc),
                 hold=_conditions(spec.get("hold"), (*path, "hold"), loc, f"role:{name}/hold"),
                 deny=_conditions(spec.get("deny"), (*path, "deny"), loc, f"role:{name}/deny"),
+                limits=_limits(spec.get("limits"), (*path, "limits"), loc),
             )
         )
     if not roles:
@@ -330,6 +343,17 @@ def _build(data: Any, loc: _Located) -> Policy:
         defaults=defaults,
         approvers=approvers,
     )
+
+
+def _limits(value: Any, path: tuple[str | int, ...], loc: _Located) -> RoleLimits:
+    spec = _mapping(value, path, loc, "limits")
+    _known_keys(spec, "limits", path, loc)
+    out: dict[str, int] = {}
+    for key, v in spec.items():
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise loc.error((*path, key), f"{key} must be a non-negative integer (0 means no limit)")
+        out[key] = v
+    return RoleLimits(**out)
 
 
 def _conditions(value: Any, path: tuple[str | int, ...], loc: _Located, rule_prefix: str) -> tuple[RuleCondition, ...]:

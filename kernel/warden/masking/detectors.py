@@ -1,0 +1,470 @@
+"""Content detectors: the second net under lineage.
+
+String columns that lineage left unclassified are scanned for e-mail addresses, payment card
+numbers (Luhn-checked), US SSNs, IBANs (mod-97-checked), phone numbers and secrets; only the
+matched substrings are replaced, by a token naming the detector (``[email]``, ``[card]``,
+``[ssn]``, ``[iban]``, ``[phone]``, ``[secret]``). A token rather than a shape-keeping
+redaction because the reader should see *why* text vanished, and because a token has no
+digits or ``@`` for a later detector to trip on.
+
+How it stays fast: one RE2 pass (pyarrow.compute) with all detectors' candidate patterns
+finds the rows worth a look; each detector then runs on its own candidates only. Detectors
+whose pattern is exact are applied by RE2 (``replace_substring_regex``); those that need a
+checksum (card, IBAN) or a look-around RE2 lacks (SSN, phone) run Python's ``re`` over their
+candidate rows only. Detectors run in the order of ``DETECTORS``: secrets before e-mail (a
+token may contain ``@``-free look-alikes of other things), IBAN and card before SSN and phone
+(their digit runs would otherwise be half-eaten by the looser patterns).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+__all__ = ["DETECTORS", "Finding", "scan_and_mask"]
+
+DETECTORS: Final = ("secret", "email", "iban", "card", "ssn", "phone")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """Detector ``detector`` masked something in ``rows`` rows of ``column``."""
+
+    column: str
+    detector: str
+    rows: int
+
+
+# --------------------------------------------------------------------------- validators
+
+
+def luhn_ok(digits: str) -> bool:
+    """The Luhn checksum of a digit string (as payment card numbers carry)."""
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i % 2:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def _card_number(digits: str) -> bool:
+    # 0000000000000 passes Luhn but is no card; a run of one repeated digit never is.
+    return 13 <= len(digits) <= 19 and len(set(digits)) > 1 and luhn_ok(digits)
+
+
+# Length of the IBAN per country (the SWIFT registry); an unknown country is no IBAN.
+IBAN_LENGTHS: Final[dict[str, int]] = {
+    "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22,
+    "BH": 22, "BI": 27, "BR": 29, "BY": 28, "CH": 21, "CR": 22, "CY": 28, "CZ": 24,
+    "DE": 22, "DJ": 27, "DK": 18, "DO": 28, "EE": 20, "EG": 29, "ES": 24, "FI": 18,
+    "FK": 18, "FO": 18, "FR": 27, "GB": 22, "GE": 22, "GI": 23, "GL": 18, "GR": 27,
+    "GT": 28, "HR": 21, "HU": 28, "IE": 22, "IL": 23, "IQ": 23, "IS": 26, "IT": 27,
+    "JO": 30, "KW": 30, "KZ": 20, "LB": 28, "LC": 32, "LI": 21, "LT": 20, "LU": 20,
+    "LV": 21, "LY": 25, "MC": 27, "MD": 24, "ME": 22, "MK": 19, "MN": 20, "MR": 27,
+    "MT": 31, "MU": 30, "NI": 28, "NL": 18, "NO": 15, "OM": 23, "PK": 24, "PL": 28,
+    "PS": 29, "PT": 25, "QA": 29, "RO": 24, "RS": 22, "RU": 33, "SA": 24, "SC": 31,
+    "SD": 18, "SE": 24, "SI": 19, "SK": 24, "SM": 27, "SO": 23, "ST": 25, "SV": 28,
+    "TL": 23, "TN": 24, "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20, "YE": 30,
+}  # fmt: skip
+
+
+def iban_ok(iban: str) -> bool:
+    """Country length and the ISO 13616 mod-97 check of a compact upper-case IBAN."""
+    if IBAN_LENGTHS.get(iban[:2]) != len(iban) or not iban.isascii() or not iban.isalnum():
+        return False
+    moved = iban[4:] + iban[:4]
+    return int("".join(str(int(c, 36)) for c in moved)) % 97 == 1
+
+
+# --------------------------------------------------------------------------- detectors
+
+_Masker = Callable[[str], tuple[str, bool]]
+
+
+@dataclass(frozen=True)
+class _Detector:
+    name: str
+    candidate: str  # RE2, a superset of what the detector masks
+    vectorised: bool  # True: `candidate` is exact and RE2 replaces it directly
+    masker: _Masker | None = None  # otherwise: Python masking of one candidate row
+    # Optional vectorised first pass over the candidates: (rows it settled, rows it hit).
+    prepass: Callable[[Any], tuple[Any, Any]] | None = None
+
+    @property
+    def token(self) -> str:
+        return f"[{self.name}]"
+
+
+def _sub_masker(
+    pattern: re.Pattern[str], token: str, accept: Callable[[str], int | None]
+) -> _Masker:
+    """A row masker: each match of ``pattern`` whose ``accept`` gives the length of the
+    sensitive prefix of the match is replaced (that prefix only) by ``token``."""
+
+    def mask(text: str) -> tuple[str, bool]:
+        hit = False
+
+        def repl(m: re.Match[str]) -> str:
+            nonlocal hit
+            found = m.group(0)
+            end = accept(found)
+            if end is None:
+                return found
+            hit = True
+            return token + found[end:]
+
+        return pattern.sub(repl, text), hit
+
+    return mask
+
+
+def _whole(_: str) -> int:
+    return len(_)
+
+
+# secret: tokens whose shape alone says "credential"; all exact, so RE2 replaces them.
+_SECRET = "|".join(
+    [
+        r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*",  # JWT
+        r"\b(?:AKIA|ASIA|AIDA|AROA|AGPA|ANPA|ANVA|AIPA)[A-Z0-9]{16}\b",  # AWS key id
+        r"\bgh[pousr]_[A-Za-z0-9]{30,255}\b",  # GitHub token
+        r"\bgithub_pat_[A-Za-z0-9_]{40,255}\b",
+        r"\bsk-[A-Za-z0-9_-]{20,}",  # OpenAI-style secret key
+        r"\b[rs]k_(?:live|test)_[A-Za-z0-9]{16,}\b",  # Stripe
+        r"\bxox[abposr]-[A-Za-z0-9-]{10,}",  # Slack
+        # A PEM private key: the header and everything up to its footer (or the end).
+        r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----(?:[\s\S]*?-----END (?:[A-Z0-9]+ )*"
+        r"PRIVATE KEY-----|[\s\S]*)",
+    ]
+)
+
+_EMAIL = r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"
+
+# card: 13-19 digits, single spaces or dashes between them allowed.
+_CARD_RUN = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,}(?![\d])", re.ASCII)
+_SEP = re.compile(r"[ -]")
+
+
+def _card_masker(text: str) -> tuple[str, bool]:
+    """Mask each Luhn-valid card inside every digit run.
+
+    A run may hold more than the card ("4111 1111 1111 1111 12/25" has an expiry glued on,
+    "ref 12 4111..." a prefix): try the windows of whole separator-delimited groups with
+    13-19 digits, longest first, and mask the first valid one.
+    """
+    hit = False
+    out: list[str] = []
+    last = 0
+    for m in _CARD_RUN.finditer(text):
+        out.append(text[last : m.start()])
+        last = m.end()
+        masked = _mask_card_run(m.group(0))
+        hit = hit or masked is not None
+        out.append(masked if masked is not None else m.group(0))
+    out.append(text[last:])
+    return "".join(out), hit
+
+
+def _mask_card_run(run: str) -> str | None:
+    digits = _SEP.sub("", run)
+    if 13 <= len(digits) <= 19 and _card_number(digits):
+        return "[card]"
+    # Group boundaries: (start, end) of each separator-delimited digit group in `run`.
+    groups = [(g.start(), g.end()) for g in re.finditer(r"\d+", run)]
+    best: tuple[int, int, int] | None = None  # (digit count, start group, end group)
+    for i in range(len(groups)):
+        count = 0
+        for j in range(i, len(groups)):
+            count += groups[j][1] - groups[j][0]
+            if count > 19:
+                break
+            if count >= 13 and (best is None or count > best[0]):
+                piece = _SEP.sub("", run[groups[i][0] : groups[j][1]])
+                if _card_number(piece):
+                    best = (count, i, j)
+    if best is None:
+        return None
+    start, end = groups[best[1]][0], groups[best[2]][1]
+    return run[:start] + "[card]" + run[end:]
+
+
+_WHOLE_CARD: Final = r"^\d(?:[ -]?\d){12,18}$"
+
+
+def _card_prepass(rows: Any) -> tuple[Any, Any]:
+    """Rows that are nothing but one card-shaped run (a card column lineage missed), with
+    Luhn computed in numpy: valid ones are hits; invalid runs without separators have no
+    shorter window to try, so they are settled too. The rest go to the Python masker."""
+    n = len(rows)
+    whole = pc.fill_null(pc.match_substring_regex(rows, _WHOLE_CARD), False)
+    idx = np.flatnonzero(whole.to_numpy(zero_copy_only=False))
+    settled = np.zeros(n, dtype=bool)
+    hit = np.zeros(n, dtype=bool)
+    if not idx.size:
+        return settled, hit
+    runs = pc.take(rows, pa.array(idx))
+    digits = pc.replace_substring(pc.replace_substring(runs, " ", ""), "-", "")
+    ok = _luhn_numpy(digits)
+    separated = (pc.not_equal(pc.binary_length(runs), pc.binary_length(digits))).to_numpy(
+        zero_copy_only=False
+    )
+    settled[idx] = ok | ~separated
+    hit[idx] = ok
+    return settled, hit
+
+
+def _luhn_numpy(digits: Any) -> Any:
+    """Luhn check (and 'not one repeated digit') of a string array of 13-19 ASCII digits."""
+    offset_type = np.int64 if pa.types.is_large_string(digits.type) else np.int32
+    offsets: Any = np.frombuffer(digits.buffers()[1], dtype=offset_type)[
+        digits.offset : digits.offset + len(digits) + 1
+    ]
+    width = 19
+    # Right-align every number in a (rows, 19) byte matrix: one 19-byte window per row
+    # ending at the row's end (the buffer is padded in front so no window starts before it).
+    padded = np.concatenate(
+        (np.full(width, 48, dtype=np.uint8), np.frombuffer(digits.buffers()[2], dtype=np.uint8))
+    )
+    windows = np.ndarray(
+        shape=(padded.size - width + 1,),
+        dtype=np.dtype((np.void, width)),
+        buffer=padded,
+        strides=(1,),
+    )
+    mat = windows[offsets[1:]].view(np.uint8).reshape(-1, width)
+    lengths = offsets[1:] - offsets[:-1]
+    total = np.zeros(len(digits), dtype=np.int32)
+    varied = np.zeros(len(digits), dtype=bool)
+    last = mat[:, -1]
+    for c in range(width):
+        from_right = width - 1 - c
+        d = mat[:, c].astype(np.int32) - 48
+        if from_right % 2:  # every second digit from the right is doubled, digits summed
+            d = d * 2
+            d -= 9 * (d > 9)
+        inside = lengths > from_right
+        total += np.where(inside, d, 0)
+        varied |= inside & (mat[:, c] != last)
+    return (total % 10 == 0) & varied
+
+
+# IBAN: country, check digits, 11-30 alphanumerics in optional groups of spaces.
+_IBAN_RUN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b", re.ASCII)
+
+
+def _iban_accept(found: str) -> int | None:
+    # The run may continue past the IBAN ("GB82 WEST ... 32 REF9"): the country's length
+    # says where it ends; return the index in `found` after its last character.
+    length = IBAN_LENGTHS.get(found[:2])
+    if length is None:
+        return None
+    taken = 0
+    for i, ch in enumerate(found):
+        if ch != " ":
+            taken += 1
+            if taken == length:
+                end = i + 1
+                compact = found[:end].replace(" ", "")
+                if not iban_ok(compact):
+                    return None
+                # The IBAN must end at a group boundary, not inside a token.
+                if end < len(found) and found[end] != " ":
+                    return None
+                return end
+    return None
+
+
+# SSN: ###-##-####, area not 000/666/9xx, group not 00, serial not 0000, not inside a
+# longer dashed number.
+_SSN_RUN = re.compile(
+    r"(?<![\d-])(?<!\d-)(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?!-?\d)", re.ASCII
+)
+
+# phone: +international (8-15 digits, E.164) or North American with separators. A bare
+# digit run (an id, an amount) and ISO dates (4-2-2) have neither shape.
+_PHONE_RUN = re.compile(
+    r"(?<![\w+])(?:"
+    r"\+[1-9]\d{0,2}(?:[ .-]?\(?\d{1,4}\)?)(?:[ .-]?\d{2,4}){1,5}"
+    r"|(?:1[ .-])?(?:\([2-9]\d{2}\) ?|[2-9]\d{2}[ .-])\d{3}[ .-]\d{4}"
+    r")(?![\w-])",
+    re.ASCII,
+)
+
+
+def _phone_accept(found: str) -> int | None:
+    digits = sum(c.isdigit() for c in found)
+    if found.startswith("+"):
+        return len(found) if 8 <= digits <= 15 else None
+    return len(found) if digits in (10, 11) else None
+
+
+_DETECTORS: Final[dict[str, _Detector]] = {
+    "secret": _Detector("secret", _SECRET, vectorised=True),
+    "email": _Detector("email", _EMAIL, vectorised=True),
+    "iban": _Detector(
+        "iban",
+        r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b",
+        vectorised=False,
+        masker=_sub_masker(_IBAN_RUN, "[iban]", _iban_accept),
+    ),
+    "card": _Detector(
+        "card",
+        r"\d(?:[ -]?\d){12}",
+        vectorised=False,
+        masker=_card_masker,
+        prepass=_card_prepass,
+    ),
+    "ssn": _Detector(
+        "ssn",
+        r"\d{3}-\d{2}-\d{4}",
+        vectorised=False,
+        masker=_sub_masker(_SSN_RUN, "[ssn]", _whole),
+    ),
+    "phone": _Detector(
+        "phone",
+        r"\+[1-9]\d|\d{3}[ .-]\d{3}[ .-]\d{4}|\(\d{3}\) ?\d{3}[ .-]\d{4}",
+        vectorised=False,
+        masker=_sub_masker(_PHONE_RUN, "[phone]", _phone_accept),
+    ),
+}
+assert tuple(_DETECTORS) == DETECTORS
+
+
+# --------------------------------------------------------------------------- scanning
+
+
+def scan_and_mask(
+    table: pa.Table,
+    columns: Sequence[str] | None = None,
+    *,
+    detectors: Sequence[str] | None = None,
+) -> tuple[pa.Table, tuple[Finding, ...]]:
+    """Mask what the detectors find in the string columns of ``table``.
+
+    ``columns`` defaults to every string column (string, large_string, string_view and
+    dictionaries of those); a named column of another type is left alone, since the
+    detectors read text. Returns the masked table (same schema) and one ``Finding`` per
+    column and detector that fired, with the number of rows it changed.
+    """
+    chosen = _chosen_detectors(detectors)
+    names = list(table.column_names) if columns is None else list(columns)
+    for name in names:
+        if name not in table.column_names:
+            raise ValueError(f"no column {name!r} in the result")
+    findings: list[Finding] = []
+    for name in names:
+        i = table.column_names.index(name)
+        col = table.column(i)
+        if not _is_text_like(col.type):
+            continue
+        counts = dict.fromkeys(d.name for d in chosen)
+        chunks = []
+        for chunk in col.chunks:
+            masked, hits = _scan_chunk(chunk, chosen)
+            chunks.append(masked)
+            for det, n in hits.items():
+                counts[det] = (counts[det] or 0) + n
+        fired = [Finding(name, det, n) for det, n in counts.items() if n]
+        if fired:
+            findings.extend(fired)
+            table = table.set_column(
+                i, table.schema.field(i), pa.chunked_array(chunks, type=col.type)
+            )
+    return table, tuple(findings)
+
+
+def _chosen_detectors(detectors: Sequence[str] | None) -> list[_Detector]:
+    if detectors is None:
+        return list(_DETECTORS.values())
+    unknown = [d for d in detectors if d not in _DETECTORS]
+    if unknown:
+        raise ValueError(f"unknown detector(s) {unknown}; known: {', '.join(DETECTORS)}")
+    wanted = set(detectors)
+    return [d for d in _DETECTORS.values() if d.name in wanted]  # always in DETECTORS order
+
+
+def _is_text_like(t: Any) -> bool:
+    if pa.types.is_dictionary(t):
+        return _is_text_like(t.value_type)
+    return bool(pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t))
+
+
+def _scan_chunk(a: Any, chosen: list[_Detector]) -> tuple[Any, dict[str, int]]:
+    if pa.types.is_dictionary(a.type):
+        # Scan each distinct value once, then count the rows that point at a changed one.
+        masked_dict, changed = _scan_values(a.dictionary, chosen)
+        hits = {}
+        for det, mask in changed.items():
+            hits[det] = int(pc.sum(pc.fill_null(pc.take(mask, a.indices), False)).as_py() or 0)
+        return pa.DictionaryArray.from_arrays(a.indices, masked_dict), hits
+    if pa.types.is_string_view(a.type):
+        masked, changed = _scan_values(a.cast(pa.large_string()), chosen)
+        return masked.cast(a.type), _count(changed)
+    masked, changed = _scan_values(a, chosen)
+    return masked, _count(changed)
+
+
+def _count(changed: dict[str, Any]) -> dict[str, int]:
+    return {det: int(pc.sum(mask).as_py() or 0) for det, mask in changed.items()}
+
+
+def _scan_values(a: Any, chosen: list[_Detector]) -> tuple[Any, dict[str, Any]]:
+    """Masked values, and per detector a boolean array of the rows it changed."""
+    if len(a) == 0 or not chosen:
+        return a, {}
+    combined = "|".join(f"(?:{d.candidate})" for d in chosen)
+    any_hit = pc.fill_null(pc.match_substring_regex(a, combined), False)
+    if not pc.any(any_hit).as_py():
+        return a, {}
+    sub = pc.filter(a, any_hit)
+    changed_sub: dict[str, Any] = {}
+    for det in chosen:
+        cand = pc.fill_null(pc.match_substring_regex(sub, det.candidate), False)
+        if not pc.any(cand).as_py():
+            continue
+        rows = pc.filter(sub, cand)
+        if det.vectorised:
+            masked_rows = pc.replace_substring_regex(rows, det.candidate, det.token)
+            hit_rows = pa.array(np.ones(len(rows), dtype=bool))
+        else:
+            masked_rows, hit_rows = _python_masking(det, rows)
+        if not pc.any(hit_rows).as_py():
+            continue
+        sub = pc.replace_with_mask(sub, cand, masked_rows)
+        hit_sub = pc.replace_with_mask(_falses(len(sub)), cand, hit_rows)
+        changed_sub[det.name] = hit_sub
+    if not changed_sub:
+        return a, {}
+    out = pc.replace_with_mask(a, any_hit, sub)
+    blank = _falses(len(a))
+    return out, {det: pc.replace_with_mask(blank, any_hit, m) for det, m in changed_sub.items()}
+
+
+def _python_masking(det: _Detector, rows: Any) -> tuple[Any, Any]:
+    """Run the detector's Python masker over the candidate rows the prepass left open."""
+    assert det.masker is not None
+    settled = np.zeros(len(rows), dtype=bool)
+    hit = np.zeros(len(rows), dtype=bool)
+    if det.prepass is not None:
+        settled, hit = det.prepass(rows)
+    out = pc.if_else(pa.array(hit), pa.scalar(det.token, rows.type), rows)
+    todo = np.flatnonzero(~settled)
+    if todo.size:
+        results = [det.masker(v) for v in pc.take(rows, pa.array(todo)).to_pylist()]
+        hit[todo] = [r[1] for r in results]
+        out = pc.replace_with_mask(
+            out, pa.array(~settled), pa.array([r[0] for r in results], type=rows.type)
+        )
+    return out, pa.array(hit)
+
+
+def _falses(n: int) -> Any:
+    return pa.array(np.zeros(n, dtype=bool))
