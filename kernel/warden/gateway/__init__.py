@@ -1,0 +1,1 @@
+"""The warden gateway: the enforcement point (identity, decision, execution, audit)."""

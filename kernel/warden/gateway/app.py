@@ -1,0 +1,279 @@
+"""The gateway's HTTP API (Starlette). Versioned under /v1; OpenAPI at /v1/openapi.json.
+
+Errors are JSON ``{"status": "error", "error": {"code", "message"}}`` with a 4xx/5xx
+status; a malformed request is a 400 that says what is wrong.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from warden import __version__
+from warden.errors import WardenError
+from warden.gateway.approvals import ApprovalError
+from warden.gateway.frames import CONTENT_TYPE
+from warden.gateway.service import AuditUnavailableError, CellRequest, Gateway
+from warden.policy.engine import Identity, matching_roles
+
+Authenticate = Callable[[str | None], Identity]
+MAX_BODY = 4 << 20  # 4 MiB of SQL and parameters is plenty; more is an error
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def error_response(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"status": "error", "error": {"code": code, "message": message}}, status_code=status)
+
+
+def create_app(gateway: Gateway, authenticate: Authenticate, *, audit_reader: Any = None) -> Starlette:
+    """The ASGI app. ``authenticate`` maps the Authorization header to an Identity or
+    raises a WardenError with a ``code``; ``audit_reader`` serves /v1/audit."""
+
+    async def identity_of(request: Request) -> Identity:
+        header = request.headers.get("authorization")
+        try:
+            return await run_in_threadpool(authenticate, header)
+        except WardenError as exc:
+            code = getattr(exc, "code", "unauthorized")
+            ip = request.client.host if request.client else ""
+            ev = gateway.base_event(Identity(subject="(unauthenticated)"), {}, ip)
+            ev.update(type="auth.failure", status="denied", error=f"{code}: {exc}")
+            with contextlib.suppress(AuditUnavailableError):
+                await run_in_threadpool(gateway.audit, [ev])
+            raise HTTPError(401, f"auth/{code}", str(exc)) from None
+
+    async def body_of(request: Request) -> dict[str, Any]:
+        raw = await request.body()
+        if len(raw) > MAX_BODY:
+            raise HTTPError(413, "too-large", f"request body over {MAX_BODY} bytes")
+        try:
+            data = json.loads(raw or b"{}")
+        except (ValueError, UnicodeDecodeError):
+            raise HTTPError(400, "bad-json", "the request body is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise HTTPError(400, "bad-request", "the request body must be a JSON object")
+        return data
+
+    def handler(fn: Callable[[Request], Any]) -> Callable[[Request], Any]:
+        async def wrapped(request: Request) -> Response:
+            try:
+                result: Response = await fn(request)
+                return result
+            except HTTPError as exc:
+                return error_response(exc.status, exc.code, exc.message)
+            except ApprovalError as exc:
+                status = {"not-found": 404, "not-approver": 403, "self-approval": 403}.get(exc.code, 409)
+                return error_response(status, f"approval/{exc.code}", str(exc))
+            except AuditUnavailableError as exc:
+                return error_response(503, "audit-unavailable", str(exc))
+
+        return wrapped
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "gateway_id": gateway.config.gateway_id, "version": __version__, "mode": gateway.config.mode})
+
+    async def whoami(request: Request) -> Response:
+        who = await identity_of(request)
+        roles = [r.name for r in matching_roles(gateway.policy, who)]
+        body = {
+            "subject": who.subject, "display_name": who.display_name, "kind": who.kind,
+            "groups": sorted(who.groups), "roles": roles, "mode": gateway.config.mode,
+            "gateway_id": gateway.config.gateway_id, "approver": gateway.can_approve(who),
+            "connections": sorted(gateway.policy.connections),
+        }  # fmt: skip
+        if gateway.config.mode == "local":
+            body["note"] = ("local mode is advisory: the gateway runs as your own OS user, so it "
+                            "records and masks but cannot stop you from reading the files yourself")  # fmt: skip
+        return JSONResponse(body)
+
+    async def run_cell(request: Request) -> Response:
+        who = await identity_of(request)
+        data = await body_of(request)
+        req = _cell_request(data)
+        ip = request.client.host if request.client else ""
+        outcome = await run_in_threadpool(gateway.run_cell, who, req, client_ip=ip)
+        if outcome.frames is None:
+            return JSONResponse(outcome.body, status_code=outcome.http_status)
+        return StreamingResponse(_iterate(outcome.frames), media_type=CONTENT_TYPE)
+
+    async def cancel(request: Request) -> Response:
+        await identity_of(request)
+        found = gateway.cancel(request.path_params["query_id"])
+        return JSONResponse({"cancelled": found}, status_code=200 if found else 404)
+
+    async def approvals_list(request: Request) -> Response:
+        who = await identity_of(request)
+        status = request.query_params.get("status")
+        mine = not gateway.can_approve(who)
+        items = await run_in_threadpool(gateway.approvals.list, status=status, requester=who.subject if mine else None)
+        return JSONResponse({"approvals": [a.to_json() for a in items]})
+
+    async def approval_get(request: Request) -> Response:
+        who = await identity_of(request)
+        a = await run_in_threadpool(gateway.approvals.get, request.path_params["approval_id"])
+        if a is None or (a.requester != who.subject and not gateway.can_approve(who)):
+            raise HTTPError(404, "approval/not-found", f"no approval request {request.path_params['approval_id']}")
+        return JSONResponse(a.to_json())
+
+    async def approval_decide(request: Request) -> Response:
+        who = await identity_of(request)
+        data = await body_of(request)
+        reason = data.get("reason")
+        if not isinstance(reason, str) or not reason.strip():
+            raise HTTPError(400, "bad-request", "'reason' (a non-empty string) is required")
+        verb = request.path_params["verb"]
+        if verb not in ("approve", "deny"):
+            raise HTTPError(404, "not-found", f"no such action {verb!r}; use approve or deny")
+        approve = verb == "approve"
+        ip = request.client.host if request.client else ""
+        a = await run_in_threadpool(
+            lambda: gateway.decide_approval(who, request.path_params["approval_id"], approve=approve, reason=reason, client_ip=ip)
+        )
+        return JSONResponse(a.to_json())
+
+    async def audit_query(request: Request) -> Response:
+        who = await identity_of(request)
+        if "auditor" not in {r.name for r in matching_roles(gateway.policy, who)}:
+            raise HTTPError(403, "not-auditor", "reading the audit log needs the 'auditor' role")
+        if audit_reader is None:
+            raise HTTPError(501, "not-configured", "this gateway has no audit reader")
+        params = dict(request.query_params)
+        ev = gateway.base_event(who, {}, request.client.host if request.client else "")
+        ev.update(type="audit.read", status="ok", sql=json.dumps(params, sort_keys=True))
+        await run_in_threadpool(gateway.audit, [ev])
+        try:
+            rows = await run_in_threadpool(audit_reader, params)
+        except (ValueError, WardenError) as exc:
+            raise HTTPError(400, "bad-request", str(exc)) from None
+        return JSONResponse({"events": rows}, headers={"cache-control": "no-store"})
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(OPENAPI)
+
+    routes = [
+        Route("/v1/health", handler(health), methods=["GET"]),
+        Route("/v1/whoami", handler(whoami), methods=["GET"]),
+        Route("/v1/cells", handler(run_cell), methods=["POST"]),
+        Route("/v1/queries/{query_id}/cancel", handler(cancel), methods=["POST"]),
+        Route("/v1/approvals", handler(approvals_list), methods=["GET"]),
+        Route("/v1/approvals/{approval_id}", handler(approval_get), methods=["GET"]),
+        Route("/v1/approvals/{approval_id}/{verb:str}", handler(approval_decide), methods=["POST"]),
+        Route("/v1/audit", handler(audit_query), methods=["GET"]),
+        Route("/v1/openapi.json", openapi, methods=["GET"]),
+    ]
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return error_response(404, "not-found", f"no such endpoint: {request.method} {request.url.path}")
+
+    async def method_not_allowed(request: Request, exc: Exception) -> Response:
+        return error_response(405, "method-not-allowed", f"{request.method} is not allowed on {request.url.path}")
+
+    return Starlette(routes=routes, exception_handlers={404: not_found, 405: method_not_allowed})
+
+
+def _iterate(frames: Iterator[bytes]) -> Iterator[bytes]:
+    yield from frames
+
+
+def _cell_request(data: dict[str, Any]) -> CellRequest:
+    connection, sql = data.get("connection"), data.get("sql")
+    if not isinstance(connection, str) or not connection:
+        raise HTTPError(400, "bad-request", "'connection' (the connection name) is required")
+    if not isinstance(sql, str) or not sql.strip():
+        raise HTTPError(400, "bad-request", "'sql' (the cell's SQL text) is required")
+    params = data.get("params", [])
+    if not isinstance(params, list) or not all(isinstance(p, (str, int, float, bool)) or p is None for p in params):
+        raise HTTPError(400, "bad-request", "'params' must be a list of JSON scalars (bound as $1, $2, ...)")
+    context = data.get("context", {})
+    if not isinstance(context, dict):
+        raise HTTPError(400, "bad-request", "'context' must be an object")
+    approval_id = data.get("approval_id")
+    if approval_id is not None and not isinstance(approval_id, str):
+        raise HTTPError(400, "bad-request", "'approval_id' must be a string")
+    max_rows = data.get("max_rows")
+    if max_rows is not None and (not isinstance(max_rows, int) or isinstance(max_rows, bool) or max_rows < 0):
+        raise HTTPError(400, "bad-request", "'max_rows' must be a non-negative integer")
+    return CellRequest(connection, sql, tuple(params), {str(k): v for k, v in context.items()}, approval_id, max_rows)
+
+
+def _schema(props: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    return {"type": "object", "properties": props, "required": required or []}
+
+
+_ERROR = {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {"title": "warden gateway", "version": __version__},
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "schemas": {
+            "Error": _schema({"status": {"type": "string"}, "error": _schema({"code": {"type": "string"}, "message": {"type": "string"}})}),
+            "CellRequest": _schema(
+                {
+                    "connection": {"type": "string", "minLength": 1},
+                    "sql": {"type": "string", "minLength": 1},
+                    "params": {"type": "array", "items": {"nullable": True}},
+                    "context": {"type": "object"},
+                    "approval_id": {"type": "string"},
+                    "max_rows": {"type": "integer", "minimum": 0},
+                },
+                ["connection", "sql"],
+            ),
+            "Decision": _schema({"reason": {"type": "string", "minLength": 1}}, ["reason"]),
+        },
+    },
+    "security": [{"bearer": []}],
+    "paths": {
+        "/v1/health": {"get": {"security": [], "responses": {"200": {"description": "alive"}}}},
+        "/v1/whoami": {"get": {"responses": {"200": {"description": "identity, roles, mode"}, "401": _ERROR}}},
+        "/v1/cells": {
+            "post": {
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CellRequest"}}}},
+                "responses": {
+                    "200": {"description": "framed results (C/S/A/E/X/T frames, Arrow IPC)", "content": {CONTENT_TYPE: {}}},
+                    "202": {"description": "held for approval"},
+                    "400": _ERROR, "401": _ERROR, "403": {"description": "denied, with rule ids and reasons"},
+                    "503": _ERROR,
+                },
+            }
+        },
+        "/v1/queries/{query_id}/cancel": {
+            "post": {"parameters": [{"name": "query_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                     "responses": {"200": {"description": "cancelled"}, "404": _ERROR}}
+        },
+        "/v1/approvals": {"get": {"parameters": [{"name": "status", "in": "query", "schema": {"type": "string"}}],
+                                  "responses": {"200": {"description": "approval requests"}, "401": _ERROR}}},
+        "/v1/approvals/{approval_id}": {
+            "get": {"parameters": [{"name": "approval_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    "responses": {"200": {"description": "one request"}, "404": _ERROR}}
+        },
+        "/v1/approvals/{approval_id}/{verb}": {
+            "post": {
+                "parameters": [
+                    {"name": "approval_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                    {"name": "verb", "in": "path", "required": True, "schema": {"type": "string", "enum": ["approve", "deny"]}},
+                ],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Decision"}}}},
+                "responses": {"200": {"description": "decided"}, "400": _ERROR, "403": _ERROR, "404": _ERROR, "409": _ERROR},
+            }
+        },
+        "/v1/audit": {"get": {"parameters": [{"name": n, "in": "query", "schema": {"type": "string"}} for n in ("since", "until", "type", "subject", "connection", "session_id", "limit")],
+                              "responses": {"200": {"description": "events"}, "403": _ERROR}}},
+        "/v1/openapi.json": {"get": {"security": [], "responses": {"200": {"description": "this document"}}}},
+    },
+}  # fmt: skip

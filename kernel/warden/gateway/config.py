@@ -1,0 +1,210 @@
+"""The gateway's configuration file (YAML). Every key is documented in docs/gateway.md.
+
+    gateway_id: gw-1
+    mode: shared                       # shared | local
+    listen: {host: 127.0.0.1, port: 8787}   # or {unix_socket: /run/warden/gw.sock}
+    policy: policy.yaml
+    secret_file: secret.key            # HMAC mask key and checkpoint signing key derive from it
+    state_dir: state                   # audit and approvals files in local mode
+    auth: {mode: oidc, issuer: https://…, audience: warden}
+    audit: {store: "duckdb:///…" | store_env: WARDEN_AUDIT_DSN, checkpoint_every: 1000}
+    approvals: {ttl_seconds: 3600, uses: 1, webhook: https://…}
+    limits: {statement_timeout_ms: 60000, max_rows: 1000000, max_bytes: 1073741824}
+    capture: fingerprint               # none | fingerprint | sample:N | full
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from warden.errors import WardenError
+
+SETTINGS: dict[str, tuple[str, ...]] = {
+    "top": (
+        "gateway_id", "mode", "listen", "policy", "secret_file", "state_dir", "auth", "audit",
+        "approvals", "limits", "capture",
+    ),
+    "listen": ("host", "port", "unix_socket"),
+    "auth": (
+        "mode", "issuer", "audience", "groups_claim", "attribute_claims", "token_file",
+        "jwks_cache_seconds", "leeway_seconds", "local_groups", "local_attributes",
+    ),
+    "audit": ("store", "store_env", "checkpoint_every", "checkpoint_seconds", "checkpoint_file"),
+    "approvals": ("store", "store_env", "ttl_seconds", "uses", "webhook", "max_wait_seconds"),
+    "limits": ("statement_timeout_ms", "max_rows", "max_bytes"),
+}  # fmt: skip
+
+
+class ConfigError(WardenError):
+    """The gateway configuration is malformed or incomplete."""
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    mode: str = "oidc"  # oidc | local
+    issuer: str = ""
+    audience: str = ""
+    groups_claim: str = "groups"
+    attribute_claims: tuple[str, ...] = ()
+    token_file: str = ""  # local mode: the bearer token kernels must present
+    jwks_cache_seconds: int = 300
+    leeway_seconds: int = 30
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    path: Path
+    gateway_id: str
+    mode: str
+    host: str
+    port: int
+    unix_socket: str
+    policy_path: Path
+    secret_file: Path
+    state_dir: Path
+    auth: AuthSettings
+    audit_store: str
+    checkpoint_every: int
+    checkpoint_seconds: float
+    checkpoint_file: str
+    approvals_store: str
+    approval_ttl_seconds: int
+    approval_uses: int
+    approval_webhook: str
+    approval_max_wait_seconds: int
+    statement_timeout_ms: int
+    max_rows: int
+    max_bytes: int
+    capture: str
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def secret(self) -> bytes:
+        """The gateway secret (32 random bytes), created with mode 0600 if missing."""
+        path = self.secret_file
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(secrets.token_bytes(32))
+        data = path.read_bytes()
+        if len(data) < 32:
+            raise ConfigError(f"secret_file {path} holds fewer than 32 bytes")
+        return data
+
+
+def _resolve(base: Path, value: str) -> Path:
+    p = Path(os.path.expandvars(os.path.expanduser(value)))
+    return p if p.is_absolute() else (base / p)
+
+
+def load_config(path: str | Path, *, overrides: dict[str, Any] | None = None) -> GatewayConfig:
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read gateway config {p}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the configuration must be a mapping")
+    data.update(overrides or {})
+    return config_from_mapping(data, base=p.resolve().parent, path=p)
+
+
+def config_from_mapping(data: dict[str, Any], *, base: Path, path: Path | None = None) -> GatewayConfig:
+    _check_keys(data, "top", "")
+    listen = _section(data, "listen")
+    auth = _section(data, "auth")
+    audit = _section(data, "audit")
+    approvals = _section(data, "approvals")
+    limits = _section(data, "limits")
+    mode = str(data.get("mode", "shared"))
+    if mode not in ("shared", "local"):
+        raise ConfigError("mode must be 'shared' or 'local'")
+    if "policy" not in data:
+        raise ConfigError("'policy' (the policy file) is required")
+    state_dir = _resolve(base, str(data.get("state_dir", "state")))
+    auth_mode = str(auth.get("mode", "local" if mode == "local" else "oidc"))
+    if auth_mode not in ("oidc", "local"):
+        raise ConfigError("auth.mode must be oidc or local")
+    if auth_mode == "local" and mode != "local":
+        raise ConfigError("auth.mode 'local' (the OS user) is only allowed with mode: local")
+    if auth_mode == "oidc" and not (auth.get("issuer") and auth.get("audience")):
+        raise ConfigError("auth.mode oidc needs auth.issuer and auth.audience")
+    audit_store = _store(audit, default=f"duckdb://{state_dir / 'audit.duckdb'}", what="audit")
+    approvals_store = _store(approvals, default=_sibling_store(audit_store, state_dir), what="approvals")
+    capture = str(data.get("capture", "fingerprint"))
+    if not (capture in ("none", "fingerprint", "full") or capture.startswith("sample:")):
+        raise ConfigError("capture must be none, fingerprint, sample:N or full")
+    return GatewayConfig(
+        path=path or base / "gateway.yaml",
+        gateway_id=str(data.get("gateway_id") or socket.gethostname()),
+        mode=mode,
+        host=str(listen.get("host", "127.0.0.1")),
+        port=int(listen.get("port", 8787)),
+        unix_socket=str(listen.get("unix_socket", "")),
+        policy_path=_resolve(base, str(data["policy"])),
+        secret_file=_resolve(base, str(data.get("secret_file", state_dir / "secret.key"))),
+        state_dir=state_dir,
+        auth=AuthSettings(
+            mode=auth_mode,
+            issuer=str(auth.get("issuer", "")),
+            audience=str(auth.get("audience", "")),
+            groups_claim=str(auth.get("groups_claim", "groups")),
+            attribute_claims=tuple(auth.get("attribute_claims", ()) or ()),
+            token_file=str(_resolve(base, str(auth["token_file"]))) if auth.get("token_file") else "",
+            jwks_cache_seconds=int(auth.get("jwks_cache_seconds", 300)),
+            leeway_seconds=int(auth.get("leeway_seconds", 30)),
+        ),
+        audit_store=audit_store,
+        checkpoint_every=int(audit.get("checkpoint_every", 1000)),
+        checkpoint_seconds=float(audit.get("checkpoint_seconds", 60)),
+        checkpoint_file=str(_resolve(base, str(audit["checkpoint_file"]))) if audit.get("checkpoint_file") else "",
+        approvals_store=approvals_store,
+        approval_ttl_seconds=int(approvals.get("ttl_seconds", 3600)),
+        approval_uses=int(approvals.get("uses", 1)),
+        approval_webhook=str(approvals.get("webhook", "")),
+        approval_max_wait_seconds=int(approvals.get("max_wait_seconds", 300)),
+        statement_timeout_ms=int(limits.get("statement_timeout_ms", 300_000)),
+        max_rows=int(limits.get("max_rows", 1_000_000)),
+        max_bytes=int(limits.get("max_bytes", 1 << 30)),
+        capture=capture,
+        raw=data,
+    )
+
+
+def _section(data: dict[str, Any], name: str) -> dict[str, Any]:
+    value = data.get(name) or {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"'{name}' must be a mapping")
+    _check_keys(value, name, name + ".")
+    return value
+
+
+def _check_keys(data: dict[str, Any], section: str, prefix: str) -> None:
+    for key in data:
+        if key not in SETTINGS[section]:
+            raise ConfigError(f"unknown setting '{prefix}{key}'; expected one of: {', '.join(SETTINGS[section])}")
+
+
+def _store(section: dict[str, Any], *, default: str, what: str) -> str:
+    if section.get("store_env"):
+        value = os.environ.get(str(section["store_env"]))
+        if not value:
+            raise ConfigError(f"{what}.store_env: environment variable {section['store_env']} is not set")
+        return value
+    return str(section.get("store") or default)
+
+
+def _sibling_store(audit_store: str, state_dir: Path) -> str:
+    # PostgreSQL audit: approvals share that database (replicas share both).
+    if audit_store.startswith("duckdb://"):
+        return f"duckdb://{state_dir / 'approvals.duckdb'}"
+    return audit_store

@@ -1,0 +1,371 @@
+"""Running statements against the databases: PostgreSQL and DuckDB.
+
+Results leave the database as Arrow record batches, never as a Python object per
+value: PostgreSQL through ADBC (libpq's binary COPY into Arrow; the fastest path
+measured, see benchmarks/bench_gateway.py), DuckDB natively. Control work
+(DML, DDL, EXPLAIN estimates, cancellation) goes through psycopg.
+
+Every statement runs with the role's limits: a statement timeout, a read-only
+transaction for roles that only read, and a cap on rows and bytes (the caller
+learns the result was truncated).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from warden.errors import WardenError
+
+
+class ExecutionError(WardenError):
+    """The database refused or failed a statement. The message is the database's own."""
+
+    def __init__(self, message: str, *, code: str = "execution-failed") -> None:
+        self.code = code
+        super().__init__(message)
+
+
+class Cancelled(ExecutionError):
+    def __init__(self) -> None:
+        super().__init__("the query was cancelled", code="cancelled")
+
+
+@dataclass(frozen=True)
+class Limits:
+    statement_timeout_ms: int = 0  # 0: no timeout
+    max_rows: int = 0  # 0: unlimited
+    max_bytes: int = 0  # 0: unlimited
+    read_only: bool = False
+
+
+@dataclass
+class StatementResult:
+    """One statement's outcome: a stream of batches (queries) or a row count (others)."""
+
+    schema: pa.Schema | None
+    batches: Iterator[pa.RecordBatch]
+    rowcount: int = -1
+    close: Any = None  # callable releasing the database resources
+
+
+class Executor:
+    """Runs statements for one connection of the policy."""
+
+    dialect = ""
+
+    def run(
+        self, sql: str, params: Sequence[Any], limits: Limits, cancel: threading.Event, *, returns_rows: bool
+    ) -> StatementResult:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def estimate_rows(self, sql: str, params: Sequence[Any]) -> int | None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+class DuckDBExecutor(Executor):
+    """A DuckDB file. DuckDB allows one writing process per file: the gateway is it."""
+
+    dialect = "duckdb"
+
+    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
+        import duckdb
+
+        self.path = str(path)
+        self._db = duckdb.connect(self.path, read_only=read_only)
+        self._lock = threading.Lock()
+
+    def run(
+        self, sql: str, params: Sequence[Any], limits: Limits, cancel: threading.Event, *, returns_rows: bool
+    ) -> StatementResult:
+        import duckdb
+
+        con = self._db.cursor()  # a cursor is its own connection to the same database
+        watcher = _Watcher(cancel, con.interrupt)
+        if limits.statement_timeout_ms:
+            watcher.deadline(limits.statement_timeout_ms / 1000)
+
+        def fail(exc: BaseException) -> ExecutionError:
+            watcher.stop()
+            with contextlib.suppress(Exception):
+                con.close()
+            if watcher.timed_out:
+                return ExecutionError(f"statement timeout ({limits.statement_timeout_ms} ms) reached", code="timeout")
+            if isinstance(exc, duckdb.InterruptException) or cancel.is_set():
+                return Cancelled()
+            return ExecutionError(str(exc).splitlines()[0])
+
+        try:
+            if not returns_rows:
+                cur = con.execute(sql, list(params) if params else None)
+                row = cur.fetchone() if cur.description else None
+                watcher.stop()
+                con.close()
+                count = int(row[0]) if row and isinstance(row[0], int) else -1
+                return StatementResult(None, iter(()), rowcount=count)
+            reader = con.sql(sql, params=list(params) if params else None).to_arrow_reader(65536)
+        except duckdb.Error as exc:
+            raise fail(exc) from None
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            try:
+                for batch in reader:
+                    if cancel.is_set():
+                        raise Cancelled()
+                    yield batch
+            except duckdb.Error as exc:
+                raise fail(exc) from None
+            except pa.ArrowException as exc:
+                raise fail(exc) from None
+
+        def close() -> None:
+            watcher.stop()
+            with contextlib.suppress(Exception):
+                con.close()
+
+        return StatementResult(reader.schema, batches(), close=close)
+
+    def estimate_rows(self, sql: str, params: Sequence[Any]) -> int | None:
+        import json
+
+        import duckdb
+
+        con = self._db.cursor()
+        try:
+            rows = con.execute("EXPLAIN (FORMAT JSON) " + sql, list(params) if params else None).fetchall()
+            plan = json.loads(rows[0][1]) if rows else None
+        except (duckdb.Error, ValueError, IndexError):
+            return None
+        finally:
+            con.close()
+        if not plan:
+            return None
+        info = plan[0].get("extra_info", {}) if isinstance(plan, list) else {}
+        value = info.get("Estimated Cardinality") if isinstance(info, dict) else None
+        try:
+            return int(str(value).lstrip("~"))
+        except (TypeError, ValueError):
+            return None
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._db.close()
+
+
+class PostgresExecutor(Executor):
+    """PostgreSQL: ADBC for results (Arrow straight from libpq), psycopg for the rest."""
+
+    dialect = "postgres"
+
+    def __init__(self, dsn: str, *, pool_size: int = 8) -> None:
+        from psycopg_pool import ConnectionPool
+
+        self._dsn = dsn
+        # check_connection on checkout: a server restart must not hand out dead sessions.
+        self._pool = ConnectionPool(
+            dsn, min_size=1, max_size=pool_size, open=False, kwargs={"autocommit": False},
+            check=ConnectionPool.check_connection,
+        )  # fmt: skip
+        self._pool.open(wait=False)
+        self._adbc: list[Any] = []
+        self._adbc_lock = threading.Lock()
+
+    # ADBC connections are kept in a small free-list: opening one costs a round trip.
+    def _adbc_get(self) -> Any:
+        import adbc_driver_postgresql.dbapi as adbc
+
+        with self._adbc_lock:
+            if self._adbc:
+                return self._adbc.pop()
+        return adbc.connect(self._dsn)
+
+    def _adbc_put(self, con: Any, *, broken: bool) -> None:
+        if broken:
+            with contextlib.suppress(Exception):
+                con.close()
+            return
+        with self._adbc_lock:
+            if len(self._adbc) < 8:
+                self._adbc.append(con)
+                return
+        with contextlib.suppress(Exception):
+            con.close()
+
+    def run(
+        self, sql: str, params: Sequence[Any], limits: Limits, cancel: threading.Event, *, returns_rows: bool
+    ) -> StatementResult:
+        if returns_rows and _returns_rows(sql):
+            return self._query(sql, params, limits, cancel)
+        return self._command(sql, params, limits, cancel)
+
+    def _query(self, sql: str, params: Sequence[Any], limits: Limits, cancel: threading.Event) -> StatementResult:
+        import adbc_driver_manager
+
+        setup = (
+            f"SET statement_timeout = {int(limits.statement_timeout_ms)}",
+            "SET default_transaction_read_only = " + ("on" if limits.read_only else "off"),
+        )
+        # A pooled connection may have died (server restarted): the setup statements
+        # find out; retry once on a fresh connection before running the user's SQL.
+        for attempt in (1, 2):
+            con = self._adbc_get()
+            cur = con.cursor()
+            try:
+                for stmt in setup:
+                    cur.execute(stmt)
+                break
+            except adbc_driver_manager.Error as exc:
+                self._adbc_put(con, broken=True)
+                if attempt == 2:
+                    raise ExecutionError(_pg_message(exc), code="unavailable") from None
+        watcher = _Watcher(cancel, cur.adbc_cancel)  # the server enforces statement_timeout
+        try:
+            cur.execute(sql, tuple(params) if params else None)
+            reader = cur.fetch_record_batch()
+        except adbc_driver_manager.Error as exc:
+            watcher.stop()
+            self._adbc_put(con, broken=True)
+            raise _pg_error(exc, cancel) from None
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            try:
+                for batch in reader:
+                    if cancel.is_set():
+                        raise Cancelled()
+                    yield batch
+            except (adbc_driver_manager.Error, pa.ArrowException, OSError) as exc:
+                # Errors while streaming surface through Arrow's reader as OSError.
+                raise _pg_error(exc, cancel) from None
+
+        done = {"broken": False}
+
+        def close() -> None:
+            watcher.stop()
+            try:
+                reader.close()
+                cur.close()
+            except Exception:
+                done["broken"] = True
+            self._adbc_put(con, broken=done["broken"] or cancel.is_set())
+
+        return StatementResult(reader.schema, batches(), close=close)
+
+    def _command(self, sql: str, params: Sequence[Any], limits: Limits, cancel: threading.Event) -> StatementResult:
+        import psycopg
+
+        with self._pool.connection() as conn:
+            watcher = _Watcher(cancel, conn.cancel_safe if hasattr(conn, "cancel_safe") else conn.cancel)
+            try:
+                with conn.transaction():
+                    cur = psycopg.RawCursor(conn)
+                    cur.execute(f"SET LOCAL statement_timeout = {int(limits.statement_timeout_ms)}")
+                    if limits.read_only:
+                        cur.execute("SET TRANSACTION READ ONLY")
+                    cur.execute(sql, list(params) if params else None)
+                    rowcount = cur.rowcount
+                    rows = cur.fetchall() if cur.description else None
+                    names = [d.name for d in cur.description] if cur.description else []
+            except psycopg.errors.QueryCanceled:
+                raise Cancelled() if cancel.is_set() else ExecutionError("canceling statement due to statement timeout", code="timeout") from None
+            except psycopg.Error as exc:
+                raise ExecutionError(_pg_message(exc)) from None
+            finally:
+                watcher.stop()
+        if rows is not None:
+            # RETURNING rows: small by nature; built from the rows psycopg returned.
+            table = pa.table({n: [r[i] for r in rows] for i, n in enumerate(names)}) if names else pa.table({})
+            return StatementResult(table.schema, iter(table.to_batches()), rowcount=rowcount)
+        return StatementResult(None, iter(()), rowcount=rowcount)
+
+    def estimate_rows(self, sql: str, params: Sequence[Any]) -> int | None:
+        import psycopg
+
+        with self._pool.connection() as conn:
+            try:
+                cur = psycopg.RawCursor(conn)
+                cur.execute("EXPLAIN (FORMAT JSON) " + sql, list(params) if params else None)
+                row = cur.fetchone()
+                conn.rollback()
+            except psycopg.Error:
+                conn.rollback()
+                return None
+        if not row:
+            return None
+        plan = row[0][0]["Plan"] if isinstance(row[0], list) else None
+        return int(plan.get("Plan Rows", 0)) if isinstance(plan, dict) else None
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._pool.close()
+        with self._adbc_lock:
+            for con in self._adbc:
+                with contextlib.suppress(Exception):
+                    con.close()
+            self._adbc.clear()
+
+
+def _returns_rows(sql: str) -> bool:
+    head = sql.lstrip().lstrip("(").split(None, 1)[0].upper() if sql.strip() else ""
+    return head in ("SELECT", "WITH", "VALUES", "TABLE", "SHOW", "EXPLAIN")
+
+
+def _pg_error(exc: BaseException, cancel: threading.Event) -> ExecutionError:
+    message = _pg_message(exc)
+    if "statement timeout" in message:
+        return ExecutionError(message, code="timeout")
+    if cancel.is_set() or "canceling statement" in message:
+        return Cancelled()
+    return ExecutionError(message)
+
+
+def _pg_message(exc: BaseException) -> str:
+    text = str(exc).strip()
+    # ADBC prefixes its own context; keep the database's sentence.
+    for marker in ("ERROR:", "FATAL:"):
+        if marker in text:
+            text = text.split(marker, 1)[1]
+    return text.splitlines()[0].strip() if text else type(exc).__name__
+
+
+class _Watcher:
+    """Calls ``cancel_fn`` when ``event`` is set or a deadline passes, from a thread."""
+
+    def __init__(self, event: threading.Event, cancel_fn: Any) -> None:
+        self._event = event
+        self._fn = cancel_fn
+        self._stop = threading.Event()
+        self._timeout: float | None = None
+        self.timed_out = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def deadline(self, seconds: float) -> None:
+        self._timeout = seconds
+
+    def _run(self) -> None:
+        import time
+
+        start = time.monotonic()
+        while not self._stop.is_set():
+            if self._event.wait(0.05):
+                with contextlib.suppress(Exception):
+                    self._fn()
+                return
+            if self._timeout is not None and time.monotonic() - start > self._timeout:
+                self.timed_out = True
+                self._event.set()
+                with contextlib.suppress(Exception):
+                    self._fn()
+                return
+
+    def stop(self) -> None:
+        self._stop.set()

@@ -1,0 +1,572 @@
+"""The enforcement pipeline, independent of HTTP:
+
+    identity -> analysis -> decision -> [approval] -> audit intent -> execute -> mask -> audit -> Arrow
+
+Nothing runs before the intent record is durable; if the audit store cannot be
+written the cell is denied. Only masked data is ever framed for the wire.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from warden import __version__
+from warden.errors import WardenError
+from warden.gateway.approvals import Approval, ApprovalError, ApprovalStore
+from warden.gateway.config import GatewayConfig
+from warden.gateway.execute import (
+    DuckDBExecutor,
+    ExecutionError,
+    Executor,
+    Limits,
+    PostgresExecutor,
+)
+from warden.gateway.frames import json_frame
+from warden.masking.detectors import scan_and_mask
+from warden.masking.operators import mask_array
+from warden.policy.conditions import Deferred, parse_condition
+from warden.policy.engine import (
+    Classifier,
+    Decision,
+    Identity,
+    Reason,
+    decide,
+    matching_roles,
+    statement_facts,
+)
+from warden.policy.model import Policy, load_policy
+from warden.sql.analyze import analyze_cell
+from warden.sql.catalog import Catalog
+from warden.sql.catalog_live import CatalogCache, load_duckdb_catalog, load_postgres_catalog
+from warden.sql.model import CellAnalysis
+from warden.sql.rowfilter import apply_row_filters
+from warden.sql.sqlmask import apply_sql_masks
+
+AuditAppend = Callable[[list[dict[str, Any]]], list[str]]
+
+
+class AuditUnavailableError(WardenError):
+    """The audit store could not record an event: the cell is denied."""
+
+
+@dataclass(frozen=True)
+class CellRequest:
+    connection: str
+    sql: str
+    params: tuple[Any, ...] = ()
+    context: dict[str, Any] = field(default_factory=dict)
+    approval_id: str | None = None
+    max_rows: int | None = None
+
+
+@dataclass
+class CellOutcome:
+    status: str  # "denied" | "held" | "stream" | "error"
+    body: dict[str, Any]
+    frames: Iterator[bytes] | None = None
+    http_status: int = 200
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig, *, audit: AuditAppend, policy: Policy | None = None) -> None:
+        self.config = config
+        self.policy = policy or load_policy(config.policy_path)
+        self._audit_append = audit
+        secret = config.secret()
+        self.mask_key = hashlib.sha256(b"warden-mask-key\x00" + secret).digest()
+        self.approvals = ApprovalStore(config.approvals_store)
+        self._executors: dict[str, Executor] = {}
+        self._catalogs: dict[str, CatalogCache] = {}
+        self._taints: dict[str, frozenset[str]] = {}
+        self._running: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._active = 0
+        self._idle = threading.Condition(self._lock)
+
+    # -- connections ----------------------------------------------------------------------
+
+    def executor(self, name: str) -> Executor:
+        with self._lock:
+            found = self._executors.get(name)
+            if found is not None:
+                return found
+        conn = self.policy.connections[name]
+        if conn.dialect == "duckdb":
+            path = self._duckdb_path(name)
+            ex: Executor = DuckDBExecutor(path, read_only=conn.read_only)
+        else:
+            from warden.cli import connection_dsn
+
+            ex = PostgresExecutor(connection_dsn(conn))
+        with self._lock:
+            return self._executors.setdefault(name, ex)
+
+    def _duckdb_path(self, name: str) -> str:
+        from pathlib import Path
+
+        conn = self.policy.connections[name]
+        p = Path(conn.path or "")
+        return str(p if p.is_absolute() else Path(self.policy.source).resolve().parent / p)
+
+    def catalog(self, name: str) -> Catalog:
+        with self._lock:
+            cache = self._catalogs.get(name)
+        if cache is None:
+            conn = self.policy.connections[name]
+
+            def loader() -> Catalog:
+                ex = self.executor(name)
+                if isinstance(ex, DuckDBExecutor):
+                    cat = load_duckdb_catalog(ex._db.cursor())
+                else:
+                    from warden.cli import connection_dsn
+
+                    cat = load_postgres_catalog(connection_dsn(conn))
+                return cat.with_search_path(conn.search_path) if conn.search_path else cat
+
+            cache = CatalogCache(loader, ttl=300)
+            with self._lock:
+                cache = self._catalogs.setdefault(name, cache)
+        return cache.get()
+
+    def refresh_catalog(self, name: str) -> None:
+        with self._lock:
+            cache = self._catalogs.get(name)
+        if cache is not None:
+            cache.refresh()
+
+    # -- audit ----------------------------------------------------------------------------
+
+    def audit(self, events: list[dict[str, Any]]) -> list[str]:
+        try:
+            return self._audit_append(events)
+        except Exception as exc:
+            raise AuditUnavailableError(f"the audit store cannot record events ({type(exc).__name__}); no query runs unaudited") from None
+
+    def base_event(self, identity: Identity, context: dict[str, Any], client_ip: str = "") -> dict[str, Any]:
+        return {
+            "subject": identity.subject,
+            "display_name": identity.display_name or identity.subject,
+            "subject_kind": identity.kind,
+            "roles": [r.name for r in matching_roles(self.policy, identity)],
+            "groups": sorted(identity.groups),
+            "auth_method": str(identity.attributes.get("auth_method", self.config.auth.mode)),
+            "client_ip": client_ip,
+            "session_id": str(context.get("session_id", "")),
+            "kernel_id": str(context.get("kernel_id", "")),
+            "notebook_path": str(context.get("notebook_path", "")),
+            "cell_id": str(context.get("cell_id", "")),
+            "execution_count": context.get("execution_count"),
+            "gateway_id": self.config.gateway_id,
+            "warden_version": __version__,
+            "mode": self.config.mode,
+            "correlation_id": str(context.get("cell_run_id", "")),
+        }
+
+    # -- the pipeline -----------------------------------------------------------------------
+
+    def run_cell(self, identity: Identity, req: CellRequest, *, client_ip: str = "") -> CellOutcome:
+        if self._closing.is_set():
+            return CellOutcome("error", _error("shutting-down", "the gateway is shutting down; retry shortly"), http_status=503)
+        started = time.monotonic()
+        base = self.base_event(identity, req.context, client_ip)
+        query_id = "q_" + uuid.uuid4().hex[:20]
+        base["correlation_id"] = base["correlation_id"] or query_id
+        if req.connection not in self.policy.connections:
+            decision = Decision(
+                "deny",
+                (Reason("unknown-connection", f"connection {req.connection!r} is not defined (known: {', '.join(sorted(self.policy.connections))})", "deny"),),
+            )
+            return self._deny(base, req, None, decision, query_id)
+        try:
+            catalog = self.catalog(req.connection)
+        except WardenError as exc:
+            decision = Decision("deny", (Reason("fail-closed/catalog", f"the catalog of {req.connection} cannot be read: {exc}", "deny"),))
+            return self._deny(base, req, None, decision, query_id)
+        analysis = analyze_cell(req.sql, catalog)
+        decision = decide(self.policy, identity, analysis, req.connection, taints=self._taints)
+        decision = self._check_pending(decision, analysis, identity, req, catalog)
+        params_hash = _params_hash(req.params)
+
+        if decision.action == "deny":
+            return self._deny(base, req, analysis, decision, query_id)
+        approval: Approval | None = None
+        if decision.action == "hold":
+            if req.approval_id:
+                try:
+                    approval = self.approvals.consume(
+                        req.approval_id, requester=identity.subject, connection=req.connection,
+                        statement_hash=analysis.statement_hash, params_hash=params_hash,
+                    )  # fmt: skip
+                except ApprovalError as exc:
+                    refused = Decision("deny", (Reason(f"approval/{exc.code}", str(exc), "deny"),), decision.roles, redacted_sql=decision.redacted_sql)
+                    return self._deny(base, req, analysis, refused, query_id)
+            else:
+                return self._hold(base, req, analysis, decision, query_id, params_hash)
+
+        # Write-ahead: the intent is durable before anything runs.
+        submitted = self._event(base, "query.submitted", req, analysis, decision, query_id)
+        outcome_type = "query.masked" if decision.action == "mask" else "query.allowed"
+        decided = self._event(base, outcome_type, req, analysis, decision, query_id)
+        if approval is not None:
+            submitted["approval_id"] = decided["approval_id"] = approval.id
+            submitted["approver"] = decided["approver"] = approval.decided_by or ""
+        try:
+            ids = self.audit([submitted, decided])
+        except AuditUnavailableError as exc:
+            return CellOutcome("error", _error("audit-unavailable", str(exc)), http_status=503)
+        for t in decision.taints:
+            self._taints[f"{req.connection}.{t.column.qualified}"] = frozenset(t.classifications) | self._taints.get(
+                f"{req.connection}.{t.column.qualified}", frozenset()
+            )
+        header = {
+            "action": decision.action,
+            "rule_ids": list(decision.rule_ids),
+            "reasons": [r.message for r in decision.reasons],
+            "event_id": ids[-1] if ids else "",
+            "query_id": query_id,
+            "approval_id": approval.id if approval else None,
+            "statements": len(analysis.statements),
+        }
+        limits = self._limits(identity, req)
+        frames = self._execute(identity, req, analysis, decision, base, query_id, header, limits, started, catalog)
+        return CellOutcome("stream", header, frames)
+
+    def _check_pending(self, decision: Decision, analysis: CellAnalysis, identity: Identity, req: CellRequest, catalog: Catalog) -> Decision:
+        """Hold conditions that need the database's row estimate are evaluated now."""
+        if not decision.pending or decision.action == "deny":
+            return decision
+        reasons = list(decision.reasons)
+        classify = Classifier(self.policy, req.connection, self._taints)
+        ex = self.executor(req.connection)
+        for p in decision.pending:
+            st = analysis.statements[p.statement]
+            estimate = ex.estimate_rows(st.sql, req.params) if st.kind == "select" else None
+            facts = statement_facts(st, classify, len(analysis.statements), rows_estimate=estimate)
+            try:
+                hit = parse_condition(p.condition).evaluate(facts)
+            except Deferred:
+                # No estimate available: fail closed by holding.
+                reasons.append(Reason(p.rule, f"statement {p.statement + 1}: {p.condition!r} could not be evaluated (no row estimate); held", "hold", p.statement))
+                continue
+            if hit:
+                reasons.append(Reason(p.rule, f"statement {p.statement + 1}: matches {p.condition!r} (estimate {estimate} rows)", "hold", p.statement))
+        if any(r.action == "hold" for r in reasons):
+            return Decision("hold", tuple(reasons), decision.roles, decision.masks, decision.row_filters, decision.taints, (), decision.redacted_sql)
+        return decision
+
+    def _limits(self, identity: Identity, req: CellRequest) -> Limits:
+        roles = [r for r in matching_roles(self.policy, identity) if r.serves(req.connection)]
+        timeout, rows, size = self.config.statement_timeout_ms, self.config.max_rows, self.config.max_bytes
+        for r in roles:
+            lim = r.limits
+            if lim.statement_timeout_ms:
+                timeout = min(timeout, lim.statement_timeout_ms) if timeout else lim.statement_timeout_ms
+            if lim.max_rows:
+                rows = min(rows, lim.max_rows) if rows else lim.max_rows
+            if lim.max_bytes:
+                size = min(size, lim.max_bytes) if size else lim.max_bytes
+        if req.max_rows:
+            rows = min(rows, req.max_rows) if rows else req.max_rows
+        from warden.sql.kinds import KIND_GROUPS, expand_kinds
+
+        writes = KIND_GROUPS["dml"] | KIND_GROUPS["ddl"] | KIND_GROUPS["dcl"]
+        read_only = not any(expand_kinds(tuple(r.statements)) & writes for r in roles)
+        return Limits(statement_timeout_ms=timeout, max_rows=rows, max_bytes=size, read_only=read_only)
+
+    def _event(self, base: dict[str, Any], type_: str, req: CellRequest, analysis: CellAnalysis | None, decision: Decision, query_id: str) -> dict[str, Any]:
+        ev = dict(base)
+        ev.update(
+            type=type_,
+            connection=req.connection,
+            dialect=analysis.dialect if analysis else "",
+            statement_kinds=list(analysis.kinds) if analysis else [],
+            sql=decision.redacted_sql if decision.redacted_sql else ("<not analysed>" if analysis is None else analysis.sql),
+            fingerprint=analysis.fingerprint if analysis else "",
+            statement_hash=analysis.statement_hash if analysis else "",
+            params={"count": len(req.params), "sha256": _params_hash(req.params)} if req.params else None,
+            objects=_objects(analysis) if analysis else [],
+            objects_modified=sorted({w for s in analysis.statements for w in s.writes}) if analysis else [],
+            lineage=_lineage(analysis) if analysis else [],
+            action=decision.action,
+            rule_ids=list(decision.rule_ids),
+            reasons=[r.message for r in decision.reasons],
+            masks=[{"statement": m.statement, "column": m.column, "operator": m.operator.spec, "classifications": list(m.classifications)} for m in decision.masks],
+            row_filters=[{"statement": f.statement, "relation": f.relation, "rule": f.rule} for f in decision.row_filters],
+            approval_id="",
+            approver="",
+            query_id=query_id,
+        )
+        return ev
+
+    def _deny(self, base: dict[str, Any], req: CellRequest, analysis: CellAnalysis | None, decision: Decision, query_id: str) -> CellOutcome:
+        ev = self._event(base, "query.denied", req, analysis, decision, query_id)
+        ev["status"] = "denied"
+        try:
+            ids = self.audit([ev])
+        except AuditUnavailableError as exc:
+            return CellOutcome("error", _error("audit-unavailable", str(exc)), http_status=503)
+        body = {
+            "status": "denied",
+            "rule_ids": list(decision.rule_ids),
+            "reasons": [{"rule": r.rule, "message": r.message, "statement": r.statement} for r in decision.reasons if r.action == "deny"],
+            "event_id": ids[0] if ids else "",
+            "next": "change the statement, or ask an admin about the rule named above",
+        }
+        return CellOutcome("denied", body, http_status=403)
+
+    def _hold(self, base: dict[str, Any], req: CellRequest, analysis: CellAnalysis, decision: Decision, query_id: str, params_hash: str) -> CellOutcome:
+        holding = tuple(r for r in decision.reasons if r.action == "hold")
+        approval = self.approvals.create(
+            requester=str(base["subject"]), connection=req.connection, statement_hash=analysis.statement_hash,
+            params_hash=params_hash, fingerprint=analysis.fingerprint, sql=decision.redacted_sql,
+            rule_ids=tuple(dict.fromkeys(r.rule for r in holding)), reasons=tuple(r.message for r in holding),
+            ttl_seconds=self.config.approval_ttl_seconds, uses=self.config.approval_uses,
+        )  # fmt: skip
+        held = self._event(base, "query.held", req, analysis, decision, query_id)
+        requested = self._event(base, "approval.requested", req, analysis, decision, query_id)
+        held["approval_id"] = requested["approval_id"] = approval.id
+        try:
+            ids = self.audit([held, requested])
+        except AuditUnavailableError as exc:
+            return CellOutcome("error", _error("audit-unavailable", str(exc)), http_status=503)
+        self.notify("approval.requested", approval)
+        approvers = self.policy.approvers
+        body = {
+            "status": "held",
+            "approval": approval.to_json(),
+            "approvers": {"groups": sorted(approvers.groups), "users": sorted(approvers.users), "roles": sorted(approvers.roles)},
+            "event_id": ids[0] if ids else "",
+            "next": f"an approver runs `warden approvals approve {approval.id} --reason ...`; then re-run the cell with approval {approval.id}",
+        }
+        return CellOutcome("held", body, http_status=202)
+
+    def notify(self, event: str, approval: Approval) -> None:
+        """POST a JSON notification to the configured webhook, in the background."""
+        url = self.config.approval_webhook
+        if not url:
+            return
+
+        def send() -> None:
+            import httpx
+
+            with contextlib.suppress(Exception):
+                httpx.post(url, json={"event": event, "approval": approval.to_json(), "gateway_id": self.config.gateway_id}, timeout=5)
+
+        threading.Thread(target=send, daemon=True).start()
+
+    def can_approve(self, identity: Identity) -> bool:
+        a = self.policy.approvers
+        roles = {r.name for r in matching_roles(self.policy, identity)}
+        return identity.subject in a.users or bool(identity.groups & a.groups) or bool(roles & a.roles)
+
+    def decide_approval(self, identity: Identity, approval_id: str, *, approve: bool, reason: str, client_ip: str = "") -> Approval:
+        if not self.can_approve(identity):
+            raise ApprovalError("you are not an approver under the policy (approvers: groups, users or roles)", code="not-approver")
+        decided = self.approvals.decide(approval_id, approver=identity.subject, approve=approve, reason=reason)
+        ev = self.base_event(identity, {}, client_ip)
+        ev.update(type="approval.granted" if approve else "approval.rejected", approval_id=decided.id, approver=identity.subject,
+                  connection=decided.connection, fingerprint=decided.fingerprint, statement_hash=decided.statement_hash,
+                  sql=decided.sql, reasons=[reason], status=decided.status)  # fmt: skip
+        self.audit([ev])
+        self.notify(ev["type"], decided)
+        return decided
+
+    # -- execution ------------------------------------------------------------------------
+
+    def cancel(self, query_id: str) -> bool:
+        with self._lock:
+            event = self._running.get(query_id)
+        if event is None:
+            return False
+        event.set()
+        return True
+
+    def _execute(
+        self, identity: Identity, req: CellRequest, analysis: CellAnalysis, decision: Decision,
+        base: dict[str, Any], query_id: str, header: dict[str, Any], limits: Limits, started: float, catalog: Catalog,
+    ) -> Iterator[bytes]:  # fmt: skip
+        cancel = threading.Event()
+        with self._lock:
+            self._running[query_id] = cancel
+            self._active += 1
+        executor = self.executor(req.connection)
+        total_rows = total_bytes = 0
+        digest = hashlib.sha256()
+        status, error = "ok", None
+        detectors_fired: list[dict[str, Any]] = []
+        sample: list[dict[str, Any]] = []
+        try:
+            yield json_frame(b"C", header)
+            for st in analysis.statements:
+                sql = st.sql
+                filters = {f.relation: f.predicate for f in decision.row_filters if f.statement == st.index}
+                if filters:
+                    sql = apply_row_filters(sql, filters, catalog, search_path=st.search_path)
+                masks = {m.position: m for m in decision.masks if m.statement == st.index}
+                sql_masks = {p: m.operator for p, m in masks.items() if m.operator.kind == "sql"}
+                if sql_masks:
+                    sql = apply_sql_masks(sql, [o.name for o in st.outputs], sql_masks, analysis.dialect)
+                returns_rows = bool(st.outputs) and st.kind in ("select", "insert", "update", "delete", "merge")
+                params = req.params if len(analysis.statements) == 1 else ()
+                result = executor.run(sql, params, limits, cancel, returns_rows=returns_rows)
+                rows = size = 0
+                truncated = False
+                try:
+                    schema = result.schema
+                    yield json_frame(b"S", {
+                        "index": st.index, "kind": st.kind,
+                        "columns": [f.name for f in schema] if schema is not None else [],
+                        "masks": [{"position": p, "column": m.column, "operator": m.operator.spec,
+                                   "classifications": list(m.classifications), "rules": list(m.rules)} for p, m in masks.items()],
+                    })  # fmt: skip
+                    if schema is not None:
+                        sink = io.BytesIO()
+                        writer: Any = None
+                        for batch in result.batches:
+                            batch = self._mask_batch(batch, masks, detectors_fired, st.index)
+                            if limits.max_rows and rows + batch.num_rows > limits.max_rows:
+                                batch = batch.slice(0, limits.max_rows - rows)
+                                truncated = True
+                            if limits.max_bytes and size + batch.nbytes > limits.max_bytes and rows:
+                                truncated = True
+                                break
+                            if writer is None:
+                                writer = pa.ipc.new_stream(sink, batch.schema)
+                            writer.write_batch(batch)
+                            rows += batch.num_rows
+                            size += batch.nbytes
+                            if self.config.capture.startswith("sample:") and len(sample) < int(self.config.capture.split(":")[1]):
+                                sample.extend(batch.slice(0, int(self.config.capture.split(":")[1]) - len(sample)).to_pylist())
+                            chunk = sink.getvalue()
+                            sink.seek(0)
+                            sink.truncate()
+                            if chunk:
+                                digest.update(chunk)
+                                yield b"A" + len(chunk).to_bytes(4, "big") + chunk
+                            if truncated:
+                                cancel.set()
+                                break
+                        if writer is None:
+                            writer = pa.ipc.new_stream(sink, schema)
+                        writer.close()
+                        tail = sink.getvalue()
+                        if tail:
+                            digest.update(tail)
+                            yield b"A" + len(tail).to_bytes(4, "big") + tail
+                    else:
+                        rows = max(result.rowcount, 0)
+                finally:
+                    if result.close is not None:
+                        result.close()
+                    if truncated:
+                        cancel.clear()
+                total_rows += rows
+                total_bytes += size
+                yield json_frame(b"E", {"index": st.index, "rows": rows, "bytes": size, "truncated": truncated,
+                                        "rowcount": result.rowcount if schema is None else rows})  # fmt: skip
+        except ExecutionError as exc:
+            status, error = ("cancelled" if exc.code == "cancelled" else "failed"), str(exc)
+            yield json_frame(b"X", {"code": exc.code, "message": str(exc)})
+        except GeneratorExit:
+            status, error = "cancelled", "the client went away"
+            cancel.set()
+            raise
+        except Exception as exc:
+            status, error = "failed", f"{type(exc).__name__}: {str(exc)[:300]}"
+            yield json_frame(b"X", {"code": "internal", "message": error})
+        finally:
+            with self._lock:
+                self._running.pop(query_id, None)
+                self._active -= 1
+                self._idle.notify_all()
+            done = dict(base)
+            done.update(
+                type="query.executed" if status == "ok" else "query.failed",
+                connection=req.connection, dialect=analysis.dialect, statement_kinds=list(analysis.kinds),
+                sql=decision.redacted_sql, fingerprint=analysis.fingerprint, statement_hash=analysis.statement_hash,
+                action=decision.action, rule_ids=list(decision.rule_ids), query_id=query_id, status=status, error=error,
+                rows=total_rows, bytes=total_bytes, duration_ms=round((time.monotonic() - started) * 1000, 3),
+                result_fingerprint=digest.hexdigest(), detectors=detectors_fired,
+                masks=[{"statement": m.statement, "column": m.column, "operator": m.operator.spec, "classifications": list(m.classifications)} for m in decision.masks],
+                capture_ref=json.dumps(sample, default=str) if sample else "",
+            )  # fmt: skip
+            completion_id = ""
+            try:
+                completion_id = (self.audit([done]) or [""])[0]
+            except AuditUnavailableError:
+                status = "audit-failed"
+            with contextlib.suppress(GeneratorExit, RuntimeError):
+                yield json_frame(b"T", {"status": status, "rows": total_rows, "bytes": total_bytes,
+                                        "duration_ms": done["duration_ms"], "event_id": completion_id, "query_id": query_id})  # fmt: skip
+
+    def _mask_batch(self, batch: pa.RecordBatch, masks: dict[int, Any], fired: list[dict[str, Any]], index: int) -> pa.RecordBatch:
+        columns = list(batch.columns)
+        for pos, m in masks.items():
+            if m.operator.kind == "sql" or pos >= len(columns):
+                continue  # applied in the query
+            columns[pos] = mask_array(columns[pos], m.operator, key=self.mask_key)
+        names = batch.schema.names
+        masked = pa.RecordBatch.from_arrays(columns, names=names)
+        # Second net: detectors on string columns lineage left unclassified.
+        candidates = [n for i, n in enumerate(names) if i not in masks and (pa.types.is_string(masked.schema.field(i).type) or pa.types.is_large_string(masked.schema.field(i).type))]
+        if candidates:
+            table, findings = scan_and_mask(pa.Table.from_batches([masked]), candidates)
+            for f in findings:
+                fired.append({"statement": index, "column": f.column, "detector": f.detector, "rows": f.rows})
+            batches = table.combine_chunks().to_batches()
+            if batches:
+                masked = batches[0]
+        return masked
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def close(self, *, drain_seconds: float = 30) -> None:
+        """Stop taking cells, wait for running ones (bounded), close connections."""
+        self._closing.set()
+        deadline = time.monotonic() + drain_seconds
+        with self._idle:
+            while self._active and time.monotonic() < deadline:
+                self._idle.wait(timeout=0.2)
+        for ex in list(self._executors.values()):
+            ex.close()
+        self.approvals.close()
+
+
+def _params_hash(params: tuple[Any, ...] | list[Any]) -> str:
+    return hashlib.sha256(json.dumps(list(params), default=str, sort_keys=True).encode()).hexdigest()
+
+
+def _objects(analysis: CellAnalysis) -> list[dict[str, Any]]:
+    out = []
+    for st in analysis.statements:
+        cols: dict[str, set[str]] = {}
+        for u in st.uses:
+            cols.setdefault(u.column.qualified, set()).add(u.usage.value)
+        out.append({"statement": st.index, "reads": list(st.reads), "writes": list(st.writes),
+                    "columns": {k: sorted(v) for k, v in sorted(cols.items())}})  # fmt: skip
+    return out
+
+
+def _lineage(analysis: CellAnalysis) -> list[dict[str, Any]]:
+    return [
+        {"statement": st.index, "column": o.name, "sources": sorted(s.qualified for s in o.sources), "transformed": o.transformed}
+        for st in analysis.statements
+        for o in st.outputs
+    ]
+
+
+def _error(code: str, message: str) -> dict[str, Any]:
+    return {"status": "error", "error": {"code": code, "message": message}}
