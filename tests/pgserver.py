@@ -420,6 +420,22 @@ class PostgresServer:
             self._log_fh.close()
             self._log_fh = None
 
+    def pause(self) -> None:
+        """Stop the server but keep its data and port, to test clients across a restart."""
+        self._terminate()
+
+    def resume(self) -> PostgresServer:
+        """Start a paused server again on the same port and data."""
+        if self._proc is not None:
+            return self
+        if self.base_dir is None or self.port is None:
+            raise PostgresServerError("resume() needs a server that was started and paused")
+        self._proc = self._spawn(self.port)
+        problem = self._wait_ready(self._proc, time.monotonic() + self.startup_timeout)
+        if problem is not None:
+            raise PostgresServerError(f"PostgreSQL did not come back: {problem}\n{self.log_tail()}")
+        return self
+
     def stop(self) -> None:
         """Stop the server and delete its directory. Idempotent."""
         self._terminate()

@@ -65,6 +65,32 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("file")
     check.set_defaults(func=_policy_check)
 
+    gw = sub.add_parser("gateway", help="run the gateway (the enforcement point)")
+    gw.add_argument("--config", required=True, help="gateway YAML config (see docs/gateway.md)")
+    gw.set_defaults(func=_gateway)
+
+    ap = sub.add_parser("approvals", help="list, show, approve or deny held cells")
+    _client_options(ap)
+    ap_sub = ap.add_subparsers(metavar="ACTION")
+    ap_list = ap_sub.add_parser("list", help="approval requests (approvers see all, others their own)")
+    ap_list.add_argument("--status", choices=["pending", "approved", "denied", "expired", "used"])
+    ap_list.add_argument("--json", action="store_true")
+    ap_list.set_defaults(func=_approvals_list)
+    ap_show = ap_sub.add_parser("show", help="one request")
+    ap_show.add_argument("id")
+    ap_show.set_defaults(func=_approvals_show)
+    for verb in ("approve", "deny"):
+        p = ap_sub.add_parser(verb, help=f"{verb} a pending request (never your own)")
+        p.add_argument("id")
+        p.add_argument("--reason", required=True)
+        p.set_defaults(func=_approvals_decide, verb=verb)
+
+    from warden.audit.cli import register as register_audit
+    from warden.kernel.install import register as register_install
+
+    register_audit(sub)
+    register_install(sub)
+
     demo = sub.add_parser("demo", help="build the demo database and show decisions and masked results")
     demo.add_argument("--dir", help="where to put the demo files (default: a warden folder in the user's data dir)")
     demo.set_defaults(func=_demo)
@@ -221,6 +247,62 @@ def explain_text(analysis: CellAnalysis, decision: Decision, policy: Policy, con
     lines.append("")
     lines.append(f"audit sql: {decision.redacted_sql}")
     return "\n".join(lines)
+
+
+def _gateway(args: argparse.Namespace) -> int:
+    from warden.gateway.server import serve
+
+    return serve(args.config)
+
+
+def _client_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", default=os.environ.get("WARDEN_GATEWAY_URL", ""), help="gateway URL (env WARDEN_GATEWAY_URL)")
+    parser.add_argument("--socket", default=os.environ.get("WARDEN_GATEWAY_SOCKET", ""), help="gateway unix socket (env WARDEN_GATEWAY_SOCKET)")
+    parser.add_argument("--token-file", default=os.environ.get("WARDEN_TOKEN_FILE", ""), help="file holding the bearer token (env WARDEN_TOKEN_FILE; or WARDEN_TOKEN)")
+
+
+def _client(args: argparse.Namespace) -> Any:
+    import httpx
+
+    from warden.gateway.client import GatewayClient
+
+    token = os.environ.get("WARDEN_TOKEN", "")
+    if args.token_file:
+        try:
+            token = Path(args.token_file).read_text().strip()
+        except OSError as exc:
+            raise WardenError(f"cannot read token file {args.token_file}: {exc.strerror}") from None
+    if args.socket:
+        return GatewayClient("http://warden", token=token, transport=httpx.HTTPTransport(uds=args.socket))
+    if not args.url:
+        raise WardenError("say where the gateway is: --url URL or --socket PATH (or WARDEN_GATEWAY_URL)")
+    return GatewayClient(args.url, token=token)
+
+
+def _approvals_list(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        items = client.approvals(args.status)
+    if args.json:
+        print(json.dumps(items, indent=2))
+        return EXIT_OK
+    if not items:
+        print("no approval requests")
+    for a in items:
+        print(f"{a['id']}  {a['status']:<8} {a['requester']:<16} {a['connection']:<12} {a['created_at'][:19]}  {'; '.join(a['rule_ids'])}")
+    return EXIT_OK
+
+
+def _approvals_show(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        print(json.dumps(client.approval(args.id), indent=2))
+    return EXIT_OK
+
+
+def _approvals_decide(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        a = client.decide(args.id, approve=args.verb == "approve", reason=args.reason)
+    print(f"{a['id']}: {a['status']} by {a['decided_by']} — {a['decision_reason']}")
+    return EXIT_OK
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -105,10 +105,17 @@ def create_app(gateway: Gateway, authenticate: Authenticate, *, audit_reader: An
         data = await body_of(request)
         req = _cell_request(data)
         ip = request.client.host if request.client else ""
-        outcome = await run_in_threadpool(gateway.run_cell, who, req, client_ip=ip)
+        def start() -> tuple[Any, bytes]:
+            # Run the cell and take its first frame (the decision, with the query id a
+            # client needs to cancel) in the same thread hop.
+            outcome = gateway.run_cell(who, req, client_ip=ip)
+            first = next(outcome.frames, b"") if outcome.frames is not None else b""
+            return outcome, first
+
+        outcome, first = await run_in_threadpool(start)
         if outcome.frames is None:
             return JSONResponse(outcome.body, status_code=outcome.http_status)
-        return StreamingResponse(_iterate(outcome.frames), media_type=CONTENT_TYPE)
+        return StreamingResponse(_iterate(first, outcome.frames), media_type=CONTENT_TYPE)
 
     async def cancel(request: Request) -> Response:
         await identity_of(request)
@@ -161,6 +168,46 @@ def create_app(gateway: Gateway, authenticate: Authenticate, *, audit_reader: An
             raise HTTPError(400, "bad-request", str(exc)) from None
         return JSONResponse({"events": rows}, headers={"cache-control": "no-store"})
 
+    async def kernel_event(request: Request) -> Response:
+        who = await identity_of(request)
+        data = await body_of(request)
+        ip = request.client.host if request.client else ""
+        try:
+            if "events" in data:
+                items = data["events"]
+                if not isinstance(items, list):
+                    raise ValueError("'events' must be a list of events")
+                ids = await run_in_threadpool(lambda: gateway.record_kernel_events(who, items, client_ip=ip))
+                return JSONResponse({"event_ids": ids}, status_code=201)
+            event_id = await run_in_threadpool(lambda: gateway.record_kernel_event(who, data, client_ip=ip))
+        except ValueError as exc:
+            raise HTTPError(400, "bad-request", str(exc)) from None
+        return JSONResponse({"event_id": event_id}, status_code=201)
+
+    async def my_events(request: Request) -> Response:
+        """The caller's own recent events (any user): what %warden audit shows."""
+        who = await identity_of(request)
+        if audit_reader is None:
+            raise HTTPError(501, "not-configured", "this gateway has no audit reader")
+        params = {k: v for k, v in request.query_params.items() if k in ("session_id", "since", "until", "type", "limit")}
+        params["subject"] = who.subject
+        try:
+            rows = await run_in_threadpool(audit_reader, params)
+        except (ValueError, WardenError) as exc:
+            raise HTTPError(400, "bad-request", str(exc)) from None
+        return JSONResponse({"events": rows}, headers={"cache-control": "no-store"})
+
+    async def completions(request: Request) -> Response:
+        who = await identity_of(request)
+        connection = request.query_params.get("connection", "")
+        try:
+            tables = await run_in_threadpool(gateway.completions, who, connection)
+        except ValueError as exc:
+            raise HTTPError(404, "unknown-connection", str(exc)) from None
+        except WardenError as exc:
+            raise HTTPError(503, "catalog-unavailable", str(exc)) from None
+        return JSONResponse({"connection": connection, "tables": tables})
+
     async def openapi(request: Request) -> Response:
         return JSONResponse(OPENAPI)
 
@@ -173,6 +220,9 @@ def create_app(gateway: Gateway, authenticate: Authenticate, *, audit_reader: An
         Route("/v1/approvals/{approval_id}", handler(approval_get), methods=["GET"]),
         Route("/v1/approvals/{approval_id}/{verb:str}", handler(approval_decide), methods=["POST"]),
         Route("/v1/audit", handler(audit_query), methods=["GET"]),
+        Route("/v1/events", handler(kernel_event), methods=["POST"]),
+        Route("/v1/me/events", handler(my_events), methods=["GET"]),
+        Route("/v1/completions", handler(completions), methods=["GET"]),
         Route("/v1/openapi.json", openapi, methods=["GET"]),
     ]
 
@@ -185,8 +235,23 @@ def create_app(gateway: Gateway, authenticate: Authenticate, *, audit_reader: An
     return Starlette(routes=routes, exception_handlers={404: not_found, 405: method_not_allowed})
 
 
-def _iterate(frames: Iterator[bytes]) -> Iterator[bytes]:
-    yield from frames
+_CHUNK = 256 << 10
+
+
+def _iterate(first: bytes, frames: Iterator[bytes]) -> Iterator[bytes]:
+    """The first frame at once, then frames gathered into chunks of up to 256 KiB:
+    each chunk is one thread hop, so a small result costs one hop, not one per frame."""
+    yield first
+    pending: list[bytes] = []
+    size = 0
+    for chunk in frames:
+        pending.append(chunk)
+        size += len(chunk)
+        if size >= _CHUNK:
+            yield b"".join(pending)
+            pending, size = [], 0
+    if pending:
+        yield b"".join(pending)
 
 
 def _cell_request(data: dict[str, Any]) -> CellRequest:
@@ -274,6 +339,21 @@ OPENAPI: dict[str, Any] = {
         },
         "/v1/audit": {"get": {"parameters": [{"name": n, "in": "query", "schema": {"type": "string"}} for n in ("since", "until", "type", "subject", "connection", "session_id", "limit")],
                               "responses": {"200": {"description": "events"}, "403": _ERROR}}},
+        "/v1/events": {
+            "post": {
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _schema({
+                    "type": {"type": "string", "enum": ["cell.execute", "session.start", "session.end"]},
+                    "context": {"type": "object"}, "status": {"type": "string", "enum": ["ok", "error", "aborted"]},
+                    "source_sha256": {"type": "string"}, "source_redacted": {"type": "string"},
+                    "duration_ms": {"type": "number"}, "error": {"type": "string"},
+                }, ["type"])}}},
+                "responses": {"201": {"description": "recorded"}, "400": _ERROR, "401": _ERROR, "503": _ERROR},
+            }
+        },
+        "/v1/me/events": {"get": {"parameters": [{"name": n, "in": "query", "schema": {"type": "string"}} for n in ("session_id", "since", "until", "type", "limit")],
+                                  "responses": {"200": {"description": "the caller's own events"}, "401": _ERROR}}},
+        "/v1/completions": {"get": {"parameters": [{"name": "connection", "in": "query", "required": True, "schema": {"type": "string"}}],
+                                    "responses": {"200": {"description": "tables and columns the user may name"}, "404": _ERROR}}},
         "/v1/openapi.json": {"get": {"security": [], "responses": {"200": {"description": "this document"}}}},
     },
 }  # fmt: skip

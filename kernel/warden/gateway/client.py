@@ -108,7 +108,7 @@ class GatewayClient:
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         resp = self._request(method, path, **kwargs)
-        _raise_for(resp)
+        raise_for_response(resp)
         return resp.json()
 
     def health(self) -> dict[str, Any]:
@@ -160,8 +160,10 @@ class GatewayClient:
             with self._http.stream("POST", "/v1/cells", json=body) as resp:
                 if resp.status_code != 200:
                     resp.read()
-                    _raise_for(resp)
+                    raise_for_response(resp)
                 return _read_cell(resp.iter_bytes())
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise GatewayUnavailable(f"the warden gateway cannot be reached ({type(exc).__name__}); no query ran", code="unavailable") from None
         except httpx.TransportError as exc:
             raise GatewayUnavailable(
                 f"the warden gateway went away mid-query ({type(exc).__name__}); the result is incomplete", code="unavailable"
@@ -230,7 +232,8 @@ def _read_cell(chunks: Iterator[bytes]) -> CellResult:
     return CellResult(header, statements, trailer)
 
 
-def _raise_for(resp: httpx.Response) -> None:
+def raise_for_response(resp: httpx.Response) -> None:
+    """Raise the error of the tree above that a gateway response stands for (if any)."""
     if resp.status_code < 300 and resp.status_code != 202:
         return
     try:
@@ -251,3 +254,4 @@ def _raise_for(resp: httpx.Response) -> None:
     if resp.status_code == 503:
         raise GatewayUnavailable(message, code=code, body=body)
     raise GatewayError(message, code=code, body=body)
+

@@ -166,7 +166,7 @@ class PostgresExecutor(Executor):
 
     dialect = "postgres"
 
-    def __init__(self, dsn: str, *, pool_size: int = 8) -> None:
+    def __init__(self, dsn: str, *, pool_size: int = 8, result_connections: int = 16) -> None:
         from psycopg_pool import ConnectionPool
 
         self._dsn = dsn
@@ -178,27 +178,34 @@ class PostgresExecutor(Executor):
         self._pool.open(wait=False)
         self._adbc: list[Any] = []
         self._adbc_lock = threading.Lock()
+        # At most ``result_connections`` result streams at once; more requests wait
+        # for one (opening a connection per request would cost more than waiting).
+        self._adbc_slots = threading.BoundedSemaphore(result_connections)
 
-    # ADBC connections are kept in a small free-list: opening one costs a round trip.
     def _adbc_get(self) -> Any:
         import adbc_driver_postgresql.dbapi as adbc
 
+        if not self._adbc_slots.acquire(timeout=60):
+            raise ExecutionError("all database connections are busy; try again shortly", code="busy")
         with self._adbc_lock:
             if self._adbc:
                 return self._adbc.pop()
-        return adbc.connect(self._dsn)
+        try:
+            return adbc.connect(self._dsn)
+        except Exception:
+            self._adbc_slots.release()
+            raise
 
     def _adbc_put(self, con: Any, *, broken: bool) -> None:
-        if broken:
-            with contextlib.suppress(Exception):
-                con.close()
-            return
-        with self._adbc_lock:
-            if len(self._adbc) < 8:
-                self._adbc.append(con)
+        try:
+            if broken:
+                with contextlib.suppress(Exception):
+                    con.close()
                 return
-        with contextlib.suppress(Exception):
-            con.close()
+            with self._adbc_lock:
+                self._adbc.append(con)
+        finally:
+            self._adbc_slots.release()
 
     def run(
         self, sql: str, params: Sequence[Any], limits: Limits, cancel: threading.Event, *, returns_rows: bool
@@ -336,36 +343,71 @@ def _pg_message(exc: BaseException) -> str:
     return text.splitlines()[0].strip() if text else type(exc).__name__
 
 
-class _Watcher:
-    """Calls ``cancel_fn`` when ``event`` is set or a deadline passes, from a thread."""
+class _Watchdog:
+    """One thread for every running statement: calls a statement's cancel function
+    when its cancel event is set or its deadline passes. (A thread per statement
+    costs a start-up and a wake-up every few ms each, under load.)"""
 
-    def __init__(self, event: threading.Event, cancel_fn: Any) -> None:
-        self._event = event
-        self._fn = cancel_fn
-        self._stop = threading.Event()
-        self._timeout: float | None = None
-        self.timed_out = False
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[int, _Watcher] = {}
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
 
-    def deadline(self, seconds: float) -> None:
-        self._timeout = seconds
+    def add(self, watcher: _Watcher) -> None:
+        with self._lock:
+            self._entries[id(watcher)] = watcher
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="warden-watchdog", daemon=True)
+                self._thread.start()
+
+    def remove(self, watcher: _Watcher) -> None:
+        with self._lock:
+            self._entries.pop(id(watcher), None)
 
     def _run(self) -> None:
         import time
 
-        start = time.monotonic()
-        while not self._stop.is_set():
-            if self._event.wait(0.05):
-                with contextlib.suppress(Exception):
-                    self._fn()
-                return
-            if self._timeout is not None and time.monotonic() - start > self._timeout:
-                self.timed_out = True
-                self._event.set()
-                with contextlib.suppress(Exception):
-                    self._fn()
-                return
+        while True:
+            time.sleep(0.02)
+            now = time.monotonic()
+            with self._lock:
+                entries = list(self._entries.values())
+            for w in entries:
+                w.check(now)
+
+
+_WATCHDOG = _Watchdog()
+
+
+class _Watcher:
+    """Cancels one statement when ``event`` is set or its deadline passes."""
+
+    def __init__(self, event: threading.Event, cancel_fn: Any) -> None:
+        import time
+
+        self._event = event
+        self._fn = cancel_fn
+        self._started = time.monotonic()
+        self._timeout: float | None = None
+        self._fired = False
+        self.timed_out = False
+        _WATCHDOG.add(self)
+
+    def deadline(self, seconds: float) -> None:
+        self._timeout = seconds
+
+    def check(self, now: float) -> None:
+        if self._fired:
+            return
+        if self._timeout is not None and now - self._started > self._timeout:
+            self.timed_out = True
+            self._event.set()
+        if self._event.is_set():
+            self._fired = True
+            _WATCHDOG.remove(self)
+            with contextlib.suppress(Exception):
+                self._fn()
 
     def stop(self) -> None:
-        self._stop.set()
+        _WATCHDOG.remove(self)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import itertools
 import json
 import threading
 import time
@@ -384,6 +385,68 @@ class Gateway:
         self.notify(ev["type"], decided)
         return decided
 
+    # -- kernel events and completions ------------------------------------------------------
+
+    KERNEL_EVENTS = ("cell.execute", "session.start", "session.end")
+
+    def record_kernel_events(self, identity: Identity, items: list[Any], *, client_ip: str = "") -> list[str]:
+        """Several kernel events in one audit append (all or none)."""
+        if not items or len(items) > 1000:
+            raise ValueError("'events' must hold 1 to 1000 events")
+        built = [self._kernel_event(identity, item, client_ip) for item in items]
+        return self.audit(built)
+
+    def record_kernel_event(self, identity: Identity, data: dict[str, Any], *, client_ip: str = "") -> str:
+        """A cell or session event reported by a kernel: best-effort evidence, recorded as such."""
+        return (self.audit([self._kernel_event(identity, data, client_ip)]) or [""])[0]
+
+    def _kernel_event(self, identity: Identity, data: Any, client_ip: str) -> dict[str, Any]:
+        if not isinstance(data, dict):
+            raise ValueError("each event must be an object")
+        type_ = data.get("type")
+        if type_ not in self.KERNEL_EVENTS:
+            raise ValueError(f"'type' must be one of {', '.join(self.KERNEL_EVENTS)}")
+        context = data.get("context") or {}
+        if not isinstance(context, dict):
+            raise ValueError("'context' must be an object")
+        ev = self.base_event(identity, context, client_ip)
+        status = data.get("status", "ok")
+        if status not in ("ok", "error", "aborted"):
+            raise ValueError("'status' must be ok, error or aborted")
+        source = data.get("source_redacted", "")
+        if not isinstance(source, str) or len(source) > 1_000_000:
+            raise ValueError("'source_redacted' must be a string under 1 MB")
+        duration = data.get("duration_ms")
+        if duration is not None and not isinstance(duration, (int, float)):
+            raise ValueError("'duration_ms' must be a number")
+        ev.update(
+            type=type_, sql=source, fingerprint=str(data.get("source_sha256", ""))[:128],
+            status="ok" if status == "ok" else "failed", error=str(data.get("error", ""))[:2000] or None,
+            duration_ms=duration, correlation_id=str(context.get("cell_run_id", "")),
+        )  # fmt: skip
+        return ev
+
+    def completions(self, identity: Identity, connection: str) -> dict[str, list[str]]:
+        """Tables (schema.table) and their columns this user may name on ``connection``."""
+        import fnmatch
+
+        if connection not in self.policy.connections:
+            raise ValueError(f"connection {connection!r} is not defined")
+        roles = [r for r in matching_roles(self.policy, identity) if r.serves(connection)]
+        if not roles:
+            return {}
+        out: dict[str, list[str]] = {}
+        for rel in self.catalog(connection).relations.values():
+            full = f"{connection}.{rel.qualified}"
+            if any(fnmatch.fnmatchcase(full, p) for r in roles for p in r.deny_tables):
+                continue
+            if all(r.tables is not None for r in roles) and not any(
+                fnmatch.fnmatchcase(full, p) for r in roles for p in (r.tables or ())
+            ):
+                continue
+            out[rel.qualified] = list(rel.columns)
+        return out
+
     # -- execution ------------------------------------------------------------------------
 
     def cancel(self, query_id: str) -> bool:
@@ -420,7 +483,7 @@ class Gateway:
                 if sql_masks:
                     sql = apply_sql_masks(sql, [o.name for o in st.outputs], sql_masks, analysis.dialect)
                 returns_rows = bool(st.outputs) and st.kind in ("select", "insert", "update", "delete", "merge")
-                params = req.params if len(analysis.statements) == 1 else ()
+                sql, params = statement_params(sql, analysis.dialect, req.params)
                 result = executor.run(sql, params, limits, cancel, returns_rows=returns_rows)
                 rows = size = 0
                 truncated = False
@@ -435,7 +498,7 @@ class Gateway:
                     if schema is not None:
                         sink = io.BytesIO()
                         writer: Any = None
-                        for batch in result.batches:
+                        for batch in _prefetch(result.batches):
                             batch = self._mask_batch(batch, masks, detectors_fired, st.index)
                             if limits.max_rows and rows + batch.num_rows > limits.max_rows:
                                 batch = batch.slice(0, limits.max_rows - rows)
@@ -543,6 +606,87 @@ class Gateway:
         for ex in list(self._executors.values()):
             ex.close()
         self.approvals.close()
+
+
+def statement_params(sql: str, dialect: str, params: tuple[Any, ...]) -> tuple[str, tuple[Any, ...]]:
+    """The ``$n`` parameters one statement of a cell uses, renumbered from ``$1``.
+
+    A cell's parameters are numbered across the cell; each statement runs alone, so
+    it gets exactly the values it references (``$3`` in the second statement
+    becomes its ``$1``). Placeholders inside strings and comments are not touched.
+    """
+    from sqlglot.dialects.dialect import Dialect
+    from sqlglot.tokens import TokenType  # type: ignore[attr-defined]
+
+    tokens = Dialect.get_or_raise(dialect).tokenize(sql)
+    spans: list[tuple[int, int, int]] = []
+    for tok, nxt in itertools.pairwise(tokens):
+        if tok.token_type == TokenType.PARAMETER and nxt.token_type == TokenType.NUMBER and nxt.start == tok.end + 1 and nxt.text.isdigit():
+            spans.append((tok.start, nxt.end + 1, int(nxt.text)))
+    if not spans:
+        return sql, ()
+    order: dict[int, int] = {}
+    for _, _, n in spans:
+        if n < 1 or n > len(params):
+            raise ExecutionError(f"the statement uses ${n} but the cell binds {len(params)} parameter(s)", code="bad-parameters")
+        order.setdefault(n, len(order) + 1)
+    out, pos = [], 0
+    for start, end, n in spans:
+        out.append(sql[pos:start])
+        out.append(f"${order[n]}")
+        pos = end
+    out.append(sql[pos:])
+    return "".join(out), tuple(params[n - 1] for n in order)
+
+
+_DONE = object()
+
+
+def _prefetch(batches: Iterator[pa.RecordBatch], depth: int = 4) -> Iterator[pa.RecordBatch]:
+    """Fetch the next batches in a thread while this one is masked and sent.
+
+    The database driver (ADBC, DuckDB) decodes in C++ without the GIL, so fetching,
+    masking and writing to the socket overlap on two cores. Errors are re-raised
+    here, in the caller's thread, in order.
+    """
+    import queue
+
+    # Small results (one batch) need no thread: only start one when a second batch comes.
+    first = next(batches, _DONE)
+    if first is _DONE:
+        return
+    yield first
+    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def pump() -> None:
+        try:
+            for batch in batches:
+                while not stop.is_set():
+                    try:
+                        q.put(batch, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(_DONE)
+        except BaseException as exc:  # handed to the consumer
+            q.put(exc)
+
+    thread = threading.Thread(target=pump, name="warden-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
 
 
 def _params_hash(params: tuple[Any, ...] | list[Any]) -> str:

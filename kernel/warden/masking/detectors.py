@@ -18,6 +18,7 @@ token may contain ``@``-free look-alikes of other things), IBAN and card before 
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -421,6 +422,10 @@ def _scan_values(a: Any, chosen: list[_Detector]) -> tuple[Any, dict[str, Any]]:
     if len(a) == 0 or not chosen:
         return a, {}
     combined = "|".join(f"(?:{d.candidate})" for d in chosen)
+    if len(a) <= _SMALL and not _any_candidate(a, combined):
+        # Small results (the common interactive query) skip Arrow's per-call RE2
+        # compile of the combined pattern: a cached Python regex says "nothing here".
+        return a, {}
     any_hit = pc.fill_null(pc.match_substring_regex(a, combined), False)
     if not pc.any(any_hit).as_py():
         return a, {}
@@ -446,6 +451,24 @@ def _scan_values(a: Any, chosen: list[_Detector]) -> tuple[Any, dict[str, Any]]:
     out = pc.replace_with_mask(a, any_hit, sub)
     blank = _falses(len(a))
     return out, {det: pc.replace_with_mask(blank, any_hit, m) for det, m in changed_sub.items()}
+
+
+_SMALL: Final = 256
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled(pattern: str) -> re.Pattern[str] | None:
+    try:
+        return re.compile(pattern)
+    except re.error:
+        return None  # an RE2-only construct: let Arrow decide
+
+
+def _any_candidate(a: Any, pattern: str) -> bool:
+    rx = _compiled(pattern)
+    if rx is None:
+        return True
+    return any(v is not None and rx.search(v) is not None for v in a.to_pylist())
 
 
 def _python_masking(det: _Detector, rows: Any) -> tuple[Any, Any]:

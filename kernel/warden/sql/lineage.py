@@ -628,6 +628,8 @@ class QueryLineage:
 
     def bind(self, literals: list[exp.Literal], columns: frozenset[ColumnRef]) -> None:
         for lit in literals:
+            if isinstance(lit.parent, exp.Parameter):
+                continue  # the 1 of a $1 placeholder: the value is bound, not in the text
             start, end = lit.meta.get("start"), lit.meta.get("end")
             if isinstance(start, int) and isinstance(end, int):
                 self.literals.append(LiteralSpan(start, end + 1, columns))

@@ -1,0 +1,500 @@
+"""``verify``: recompute every chain and say precisely what is wrong, and where.
+
+For each chain, records are read in ``seq`` order and each one is recomputed:
+``sha256(prev_hash || canonical(record))`` must equal its ``record_hash``, and its
+``prev_hash`` must be the ``record_hash`` of the record that originally preceded it.
+Each record gets an *original seq*: its own when its hash verifies; otherwise the seq
+at which its hash does verify, found by following its ``prev_hash`` to a record seen
+earlier (or trying its neighbours). That separates the kinds of tampering:
+
+==================== ===========================================================
+kind                 what it means (``seq`` names where)
+==================== ===========================================================
+edited               a record's content no longer matches its hash, or a record
+                     was rewritten with a recomputed hash (its successor links to
+                     a different hash)
+deleted              seq N..M are missing (a gap), or records were removed and the
+                     later ones renumbered to hide the gap
+inserted             a duplicate seq, a copy of another record, or records placed
+                     into the chain (later records renumbered to make room)
+reordered            intact records sit at the wrong seq (prev_hash link broken
+                     between N and N+1)
+truncated            the chain ends before seq a signed checkpoint (or its head
+                     row) says it reached
+checkpoint_mismatch  the record at a checkpoint's seq has another hash than the
+                     checkpoint signed: the chain was rewritten up to there
+bad_signature        a checkpoint or segment manifest is not validly signed by
+                     the trusted key
+segment_modified     an exported data file differs from its manifest
+==================== ===========================================================
+
+A chain that was rewritten from some record onwards *with all hashes recomputed* is
+self-consistent; only a signed checkpoint taken before the rewrite (kept outside the
+store) reveals it. That is what checkpoints are for.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from warden.audit.checkpoint import (
+    Checkpoint,
+    iter_checkpoints,
+    load_public_key,
+    read_checkpoint_file,
+)
+from warden.audit.errors import AuditConfigError
+from warden.audit.record import AuditEvent, genesis_hash
+from warden.audit.store import AuditStore, open_store
+
+#: Records remembered (by hash) to recognise moved records; a record moved further
+#: than this is reported as edited rather than reordered.
+WINDOW = 100_000
+
+#: How far a record may have been renumbered and still be recognised as moved.
+SEARCH = 32
+
+KINDS = (
+    "edited",
+    "deleted",
+    "inserted",
+    "reordered",
+    "truncated",
+    "checkpoint_mismatch",
+    "bad_signature",
+    "segment_modified",
+)
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One problem: its kind (see module doc), the chain and the seq (range) it concerns."""
+
+    kind: str
+    chain_id: str
+    seq: int | None
+    message: str
+    seq_end: int | None = None
+
+    def __str__(self) -> str:
+        where = "" if self.seq is None else f" seq {self.seq}" + (f"..{self.seq_end}" if self.seq_end not in (None, self.seq) else "")
+        return f"{self.kind}: chain {self.chain_id}{where}: {self.message}"
+
+
+@dataclass
+class ChainSummary:
+    chain_id: str
+    records: int = 0
+    first_seq: int | None = None
+    last_seq: int | None = None
+    last_hash: str | None = None
+    checkpoints_ok: int = 0
+
+
+@dataclass
+class VerifyReport:
+    """Outcome of :func:`verify`. ``ok`` is True when no issue was found."""
+
+    source: str
+    issues: list[Issue] = field(default_factory=list)
+    chains: dict[str, ChainSummary] = field(default_factory=dict)
+    checkpoints_checked: int = 0
+    signatures_checked: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.issues
+
+    @property
+    def records(self) -> int:
+        return sum(c.records for c in self.chains.values())
+
+    def find(self, kind: str | None = None, seq: int | None = None, chain_id: str | None = None) -> list[Issue]:
+        """Issues of ``kind`` whose seq range covers ``seq`` (any if None)."""
+        out = []
+        for i in self.issues:
+            if kind is not None and i.kind != kind:
+                continue
+            if chain_id is not None and i.chain_id != chain_id:
+                continue
+            if seq is not None and (i.seq is None or not i.seq <= seq <= (i.seq_end if i.seq_end is not None else i.seq)):
+                continue
+            out.append(i)
+        return out
+
+    def format(self) -> str:
+        head = "OK" if self.ok else f"FAILED: {len(self.issues)} problem(s)"
+        lines = [f"audit verify {self.source}: {head}"]
+        for c in self.chains.values():
+            span = f"seq {c.first_seq}..{c.last_seq}" if c.records else "empty"
+            lines.append(f"  chain {c.chain_id}: {c.records} record(s), {span}, {c.checkpoints_ok} checkpoint(s) ok")
+        lines.append(f"  checkpoints checked: {self.checkpoints_checked}; signatures {'verified' if self.signatures_checked else 'NOT verified'}")
+        lines += [f"  warning: {w}" for w in self.warnings]
+        lines += [f"  {i}" for i in self.issues]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "ok": self.ok,
+            "records": self.records,
+            "issues": [asdict(i) for i in self.issues],
+            "chains": {k: asdict(v) for k, v in self.chains.items()},
+            "checkpoints_checked": self.checkpoints_checked,
+            "signatures_checked": self.signatures_checked,
+            "warnings": list(self.warnings),
+        }
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def verify(
+    store_or_url: AuditStore | str | Path,
+    *,
+    checkpoints: str | Path | Iterable[Checkpoint] | None = None,
+    public_key: Ed25519PublicKey | str | bytes | Path | None = None,
+) -> VerifyReport:
+    """Verify a store (object or URL) or a directory/manifest of exported segments.
+
+    ``checkpoints``: a JSONL checkpoint file (the copy kept outside the store) or
+    Checkpoint objects; the store's own checkpoint table is always used too.
+    ``public_key``: the trusted checkpoint/manifest key (PEM text/bytes/file or key).
+    Without it, keys recorded in the store are used and the report says so.
+    """
+    key = load_public_key(public_key) if public_key is not None else None
+    extra = _load_checkpoints(checkpoints)
+    if isinstance(store_or_url, AuditStore):
+        return _verify_store(store_or_url, extra, key)
+    path = Path(store_or_url) if not str(store_or_url).startswith(("duckdb://", "postgresql://", "postgres://")) else None
+    if path is not None and (path.is_dir() or path.name.endswith(".manifest.json")):
+        from warden.audit.export import verify_segments
+
+        return verify_segments(path, checkpoints=extra, public_key=key)
+    store = open_store(store_or_url, read_only=True)
+    try:
+        return _verify_store(store, extra, key)
+    finally:
+        store.close()
+
+
+def _load_checkpoints(checkpoints: str | Path | Iterable[Checkpoint] | None) -> list[Checkpoint]:
+    if checkpoints is None:
+        return []
+    if isinstance(checkpoints, str | Path):
+        return read_checkpoint_file(checkpoints)
+    return list(checkpoints)
+
+
+def _verify_store(store: AuditStore, extra: list[Checkpoint], key: Ed25519PublicKey | None) -> VerifyReport:
+    report = VerifyReport(source=store.describe())
+    cps = list(iter_checkpoints(store.checkpoints() + extra))
+    keys = _trusted_keys(report, key, store.stored_public_keys() if cps else {})
+    good = _check_signatures(report, cps, keys)
+    heads = {h.chain_id: h for h in store.chains()}
+    chains = sorted(set(store.chain_ids()) | {cp.chain_id for cp in good})
+    for chain_id in chains:
+        wanted = {cp.seq for cp in good if cp.chain_id == chain_id}
+        rows = (row for page in store._read_chain_pages(chain_id, 1, None, 5000) for row in page)
+        checker = ChainChecker(chain_id, report, start_seq=1, start_prev=genesis_hash(chain_id), capture=wanted)
+        checker.run(rows)
+        head = heads.get(chain_id)
+        if head is not None:
+            checker.check_head(head.last_seq, head.last_hash)
+        _check_checkpoints(report, checker, [cp for cp in good if cp.chain_id == chain_id])
+    report.issues.sort(key=lambda i: (i.chain_id, i.seq if i.seq is not None else -1, KINDS.index(i.kind) if i.kind in KINDS else 99))
+    return report
+
+
+def _trusted_keys(report: VerifyReport, key: Ed25519PublicKey | None, stored: Mapping[str, str]) -> dict[str, Ed25519PublicKey]:
+    from warden.audit.checkpoint import key_id
+
+    if key is not None:
+        report.signatures_checked = True
+        return {key_id(key): key}
+    if stored:
+        report.warnings.append(
+            "no --public-key given: checkpoint signatures were checked against keys recorded in the store itself, "
+            "which an attacker with write access could have replaced"
+        )
+        out = {}
+        for kid, pem in stored.items():
+            try:
+                out[kid] = load_public_key(pem)
+            except AuditConfigError:
+                report.warnings.append(f"key {kid} recorded in the store cannot be read")
+        report.signatures_checked = bool(out)
+        return out
+    return {}
+
+
+def _check_signatures(report: VerifyReport, cps: list[Checkpoint], keys: Mapping[str, Ed25519PublicKey]) -> list[Checkpoint]:
+    """Checkpoints whose signature holds (all of them when no key is available)."""
+    if not keys:
+        if cps:
+            report.warnings.append(f"{len(cps)} checkpoint(s) compared without checking signatures (no public key)")
+        return cps
+    good = []
+    for cp in cps:
+        k = keys.get(cp.key_id)
+        if k is None:
+            report.issues.append(Issue("bad_signature", cp.chain_id, cp.seq, f"checkpoint signed by key {cp.key_id or '(none)'}, which is not the trusted key"))
+        elif not cp.verify(k):
+            report.issues.append(Issue("bad_signature", cp.chain_id, cp.seq, f"checkpoint signature is invalid (key {cp.key_id}); it was forged or altered"))
+        else:
+            good.append(cp)
+    return good
+
+
+def _check_checkpoints(report: VerifyReport, checker: ChainChecker, cps: list[Checkpoint]) -> None:
+    summary = report.chains.setdefault(checker.chain_id, ChainSummary(checker.chain_id))
+    for cp in sorted(cps, key=lambda c: c.seq):
+        report.checkpoints_checked += 1
+        last = checker.last_seq
+        if last is None or cp.seq > last:
+            start = (last or 0) + 1
+            report.issues.append(
+                Issue(
+                    "truncated",
+                    cp.chain_id,
+                    start,
+                    f"a checkpoint signed at {cp.time.isoformat()} says the chain reached seq {cp.seq}, "
+                    f"but it ends at {last if last is not None else 'nothing'}: records {start}..{cp.seq} (at least) are gone",
+                    seq_end=cp.seq,
+                )
+            )
+        elif checker.captured.get(cp.seq) != cp.record_hash:
+            report.issues.append(
+                Issue(
+                    "checkpoint_mismatch",
+                    cp.chain_id,
+                    cp.seq,
+                    f"the record at seq {cp.seq} has hash {str(checker.captured.get(cp.seq))[:16]}..., the checkpoint signed "
+                    f"{cp.record_hash[:16]}...: the chain was altered (rewritten or renumbered) at or before this seq",
+                )
+            )
+        else:
+            summary.checkpoints_ok += 1
+
+
+# --------------------------------------------------------------------------- chain walk
+
+
+def _hash_as(record: AuditEvent, seq: int) -> str | None:
+    """The record's hash if it had been written at ``seq`` (None if unhashable)."""
+    clone = object.__new__(AuditEvent)
+    clone.__dict__.update(record.__dict__)
+    clone.__dict__["seq"] = seq
+    try:
+        return clone.compute_hash()
+    except Exception:  # tampered values (NaN, bad JSON) cannot be hashed: not intact
+        return None
+
+
+class ChainChecker:
+    """Walks one chain in seq order, keeping O(WINDOW) memory, and files issues."""
+
+    def __init__(self, chain_id: str, report: VerifyReport, *, start_seq: int, start_prev: str, capture: Iterable[int] = ()) -> None:
+        self.chain_id = chain_id
+        self.report = report
+        self.summary = report.chains.setdefault(chain_id, ChainSummary(chain_id))
+        self.start_seq = start_seq
+        self.start_prev = start_prev
+        self.expected = start_seq
+        self.by_hash: OrderedDict[str, int] = OrderedDict()  # record_hash -> original seq
+        self.flagged: set[int] = set()  # seqs that already have an issue
+        self.region: list[tuple[int, int]] = []  # consecutive displaced records: (seq, original seq)
+        self.capture = set(capture)
+        self.captured: dict[int, str] = {}
+        self.last_seq: int | None = None
+        self.last_hash: str | None = None
+        self.streak = False  # the previous record was edited (unexplained)
+
+    def _issue(self, kind: str, seq: int | None, message: str, seq_end: int | None = None) -> None:
+        self.report.issues.append(Issue(kind, self.chain_id, seq, message, seq_end))
+        if seq is not None:
+            self.flagged.update(range(seq, (seq_end if seq_end is not None else seq) + 1))
+
+    def _remember(self, record_hash: str, orig: int) -> None:
+        self.by_hash[record_hash] = orig
+        if len(self.by_hash) > WINDOW:
+            self.by_hash.popitem(last=False)
+
+    def run(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        # One group of lookahead: among duplicates of a seq, the genuine record is the
+        # one the next record links to.
+        pending: list[Mapping[str, Any]] | None = None
+        for group in _groups_by_seq(rows):
+            if pending is not None:
+                self._group(pending, group[0].get("prev_hash"))
+            pending = group
+        if pending is not None:
+            self._group(pending, None)
+        self._close_region(at_end=True)
+        s = self.summary
+        s.last_seq, s.last_hash = self.last_seq, self.last_hash
+
+    def _group(self, group: list[Mapping[str, Any]], next_prev: Any) -> None:
+        seq = int(group[0]["seq"])
+        if seq > self.expected:
+            self._close_region(at_end=False)
+            self._issue("deleted", self.expected, f"records {self.expected}..{seq - 1} are missing (gap in seq)", seq - 1)
+        elif seq < self.expected:  # only possible below start_seq
+            self._issue("inserted", seq, f"record with seq {seq} precedes the start of the chain ({self.start_seq})")
+        self.expected = seq + 1
+        parsed: list[tuple[AuditEvent, int | None]] = []
+        for row in group:
+            try:
+                rec = AuditEvent.from_dict(row)
+            except Exception as exc:
+                self._issue("edited", seq, f"record {row.get('event_id')} cannot be read back: {exc}")
+                continue
+            parsed.append((rec, self._original_seq(rec)))
+        if not parsed:
+            return
+        # Of several records claiming one seq, the genuine one is intact, in place and
+        # linked; the others were inserted.
+        parsed.sort(key=lambda p: (p[1] != seq, not self._linked(p[0], seq), p[0].record_hash != next_prev))
+        rec, orig = parsed[0]
+        for extra, _ in parsed[1:]:
+            self._issue("inserted", seq, f"duplicate seq {seq}: record {extra.event_id} was added next to {rec.event_id}")
+        self._record(rec, orig)
+
+    def _record(self, rec: AuditEvent, orig: int | None) -> None:
+        seq = rec.seq
+        self.summary.records += 1
+        if self.summary.first_seq is None:
+            self.summary.first_seq = seq
+        self.last_seq, self.last_hash = seq, rec.record_hash
+        if seq in self.capture:
+            self.captured[seq] = rec.record_hash
+        self.streak = orig is None
+        if orig is None:
+            self._close_region(at_end=False)
+            self._issue("edited", seq, f"record {rec.event_id} does not match its record_hash: its content was changed")
+            self._remember(rec.record_hash, seq)
+            return
+        if orig != seq:
+            if rec.record_hash in self.by_hash:
+                self._close_region(at_end=False)
+                self._issue("inserted", seq, f"record {rec.event_id} is a copy of the record at seq {self.by_hash[rec.record_hash]}")
+                return
+            self.region.append((seq, orig))
+            self._remember(rec.record_hash, orig)
+            return
+        region_before = bool(self.region)
+        self._close_region(at_end=False)
+        if not self._linked(rec, seq) and not region_before and seq - 1 not in self.flagged:
+            self._broken_link(rec)
+        self._remember(rec.record_hash, seq)
+
+    def _linked(self, rec: AuditEvent, orig: int) -> bool:
+        if orig == self.start_seq:
+            return rec.prev_hash == self.start_prev
+        return self.by_hash.get(rec.prev_hash) == orig - 1
+
+    def _broken_link(self, rec: AuditEvent) -> None:
+        seq = rec.seq
+        target = self.by_hash.get(rec.prev_hash)
+        if target is None or seq - 1 < self.start_seq:
+            at = seq - 1 if seq - 1 >= self.start_seq else seq
+            self._issue(
+                "edited",
+                at,
+                f"prev_hash link broken between {seq - 1} and {seq}: the record at seq {at} was rewritten "
+                f"(its hash was recomputed, but seq {seq} links to a hash that is not in the chain)",
+            )
+        elif target < seq - 1:
+            self._issue("inserted", target + 1, f"seq {seq} links to seq {target}: the records between were put into the chain", seq - 1)
+        else:
+            self._issue("reordered", seq, f"prev_hash link broken between {seq - 1} and {seq}: seq {seq} follows the record originally at {target}")
+
+    def _original_seq(self, rec: AuditEvent) -> int | None:
+        if _hash_as(rec, rec.seq) == rec.record_hash:
+            return rec.seq
+        candidates: list[int] = []
+        linked = self.by_hash.get(rec.prev_hash)
+        if linked is not None:
+            candidates.append(linked + 1)
+        if rec.prev_hash == self.start_prev:
+            candidates.append(self.start_seq)
+        if self.region:
+            s, o = self.region[-1]
+            candidates.append(rec.seq - (s - o))
+        candidates += [rec.seq + 1, rec.seq - 1]
+        if not self.streak:
+            # The first anomaly of a run: records may have been renumbered by more than
+            # one (several deleted or inserted); look a little further. Later records of
+            # the run are found through the region's shift, so this stays cheap.
+            candidates += [rec.seq + k * sign for k in range(2, SEARCH + 1) for sign in (1, -1)]
+        tried = {rec.seq}
+        for c in candidates:
+            if c in tried or c < self.start_seq:
+                continue
+            tried.add(c)
+            if _hash_as(rec, c) == rec.record_hash:
+                return c
+        return None
+
+    def _close_region(self, *, at_end: bool) -> None:
+        region, self.region = self.region, []
+        if not region:
+            return
+        first, last = region[0][0], region[-1][0]
+        shifts = {s - o for s, o in region}
+        if at_end and len(shifts) == 1:
+            d = shifts.pop()
+            if d > 0:
+                self._issue(
+                    "inserted",
+                    first - d,
+                    f"{d} record(s) were put into the chain at seq {first - d}..{first - 1}; the original records from "
+                    f"there on were renumbered (+{d}) up to seq {last}",
+                    first - 1,
+                )
+                return
+            self._issue(
+                "deleted",
+                first,
+                f"{-d} record(s) originally at seq {first}..{first - d - 1} were deleted and the later records renumbered ({d}) to hide the gap",
+                first - d - 1,
+            )
+            return
+        moved = ", ".join(f"{s}<-{o}" for s, o in region[:6]) + (", ..." if len(region) > 6 else "")
+        self._issue(
+            "reordered",
+            first,
+            f"prev_hash link broken between {first - 1} and {first}: records at seq {first}..{last} are out of order (seq<-original: {moved})",
+            last if last != first else None,
+        )
+
+    def check_head(self, head_seq: int, head_hash: str) -> None:
+        """Compare with the store's chain-head row (a lower bound in DuckDB, exact in PostgreSQL)."""
+        last = self.last_seq or 0
+        if head_seq > last:
+            self._issue("truncated", last + 1, f"the chain head records seq {head_seq} but the chain ends at {last}", head_seq)
+        elif head_seq == last and last and head_hash != self.last_hash and last not in self.flagged:
+            self._issue("edited", last, f"the chain head records another hash for seq {last}: the last record was replaced")
+
+
+def _groups_by_seq(rows: Iterable[Mapping[str, Any]]) -> Iterator[list[Mapping[str, Any]]]:
+    group: list[Mapping[str, Any]] = []
+    for row in rows:
+        if group and row["seq"] != group[0]["seq"]:
+            yield group
+            group = []
+        group.append(row)
+    if group:
+        yield group
+
+
+def report_json(report: VerifyReport) -> str:
+    return json.dumps(report.to_dict(), indent=2, default=str)

@@ -1,0 +1,180 @@
+"""Building and serving the gateway: config -> audit store, identity, service, HTTP."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from warden.gateway.config import GatewayConfig, load_config
+from warden.gateway.service import Gateway
+from warden.policy.engine import Identity
+
+_STATUS = {
+    "ok": "success", "success": "success", "approved": "success", "used": "success",
+    "denied": "failure", "failed": "failure", "cancelled": "failure", "audit-failed": "failure",
+    "failure": "failure", "held": "pending", "pending": "pending",
+}  # fmt: skip
+
+
+def to_draft(event: dict[str, Any]) -> Any:
+    """The gateway's event dict as the audit store's EventDraft."""
+    from warden.audit.record import DRAFT_FIELDS, EventDraft
+
+    data = {k: v for k, v in event.items() if k in DRAFT_FIELDS and v is not None and v != ""}
+    if not data.get("correlation_id") and event.get("query_id"):
+        data["correlation_id"] = event["query_id"]
+    if "status" in data:
+        data["status"] = _STATUS.get(str(data["status"]), "failure")
+    if event.get("detectors"):
+        masks = list(data.get("masks") or [])
+        masks.extend({**d, "source": "detector"} for d in event["detectors"])
+        data["masks"] = masks
+    for key in ("roles", "groups", "statement_kinds", "objects_modified", "rule_ids", "reasons"):
+        if key in data:
+            data[key] = tuple(str(v) for v in data[key])
+    return EventDraft(**data)
+
+
+@dataclass
+class Built:
+    config: GatewayConfig
+    gateway: Gateway
+    app: Any
+    store: Any
+    token: str  # local mode: the bearer token kernels present ("" otherwise)
+
+    def close(self) -> None:
+        self.gateway.close()
+        with contextlib.suppress(Exception):
+            self.store.close()
+
+
+def local_token(config: GatewayConfig) -> str:
+    """Local mode's shared secret, in a 0600 file next to the state (kernels read it)."""
+    path = Path(config.auth.token_file) if config.auth.token_file else config.state_dir / "token"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(32))
+    return path.read_text().strip()
+
+
+def build(config: GatewayConfig, *, store: Any = None, oidc_transport: Any = None) -> Built:
+    from warden.audit.store import open_store
+    from warden.gateway.app import create_app
+    from warden.gateway.auth import LocalAuth, OIDCConfig, OIDCVerifier, bearer_token
+
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    if store is None:
+        store = open_store(config.audit_store, chain_id=config.gateway_id, **_store_options(config))
+
+    def append(events: list[dict[str, Any]]) -> list[str]:
+        done = store.append([to_draft(e) for e in events])
+        return [e.event_id for e in done]
+
+    gateway = Gateway(config, audit=append)
+    token = ""
+    authenticate: Callable[[str | None], Identity]
+    if config.auth.mode == "local":
+        token = local_token(config)
+        local = LocalAuth(
+            shared_secret=token,
+            groups=tuple(config.raw.get("auth", {}).get("local_groups", ()) or ()),
+            attributes={str(k): str(v) for k, v in (config.raw.get("auth", {}).get("local_attributes", {}) or {}).items()},
+        )
+
+        def authenticate(header: str | None) -> Identity:
+            return local.verify(bearer_token(header))
+
+    else:
+        verifier = OIDCVerifier(
+            OIDCConfig(
+                issuer=config.auth.issuer,
+                audience=config.auth.audience,
+                groups_claim=config.auth.groups_claim,
+                attributes_claims=config.auth.attribute_claims,
+                leeway=config.auth.leeway_seconds,
+                jwks_cache_ttl=float(config.auth.jwks_cache_seconds),
+            ),
+            transport=oidc_transport,
+        )
+
+        def authenticate(header: str | None) -> Identity:
+            return verifier.verify(bearer_token(header))
+
+    def read_audit(params: dict[str, str]) -> list[dict[str, Any]]:
+        limit = int(params.get("limit", "100"))
+        filters: dict[str, Any] = {
+            k: v for k, v in params.items() if k in ("since", "until", "subject", "connection", "session_id", "chain_id", "correlation_id")
+        }
+        if params.get("type"):
+            filters["types"] = params["type"].split(",")
+        table = store.query(limit=min(max(limit, 1), 10_000), **filters)
+        rows: list[dict[str, Any]] = json.loads(json.dumps(table.to_pylist(), default=_json_default))
+        return rows
+
+    app = create_app(gateway, authenticate, audit_reader=read_audit)
+    startup = {"type": "policy.loaded", "gateway_id": config.gateway_id, "mode": config.mode, "status": "ok",
+               "subject": "(gateway)", "sql": str(config.policy_path)}  # fmt: skip
+    append([startup])
+    return Built(config, gateway, app, store, token)
+
+
+def _json_default(value: Any) -> str:
+    if hasattr(value, "isoformat"):
+        return str(value.isoformat())
+    return str(value)
+
+
+def _store_options(config: GatewayConfig) -> dict[str, Any]:
+    import hashlib
+
+    opts: dict[str, Any] = {
+        # The checkpoint signing key derives from the gateway secret (never stored apart).
+        "signing_key": hashlib.sha256(b"warden-checkpoint-key\x00" + config.secret()).digest(),
+        "checkpoint_every": config.checkpoint_every,
+        "checkpoint_interval": config.checkpoint_seconds,
+    }
+    if config.checkpoint_file:
+        opts["checkpoint_file"] = config.checkpoint_file
+    return opts
+
+
+def serve(config_path: str | Path, *, overrides: dict[str, Any] | None = None) -> int:
+    """Run the gateway until SIGTERM/SIGINT; then drain running cells and flush the audit."""
+    import uvicorn
+    from starlette.applications import Starlette
+
+    config = load_config(config_path, overrides=overrides)
+    built = build(config)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        built.close()
+        print(f"warden gateway {config.gateway_id} stopped: running cells drained, audit store closed", flush=True)
+
+    built.app.router.lifespan_context = lifespan
+    kwargs: dict[str, Any] = {"log_level": "warning", "timeout_graceful_shutdown": 30, "access_log": False}
+    if config.unix_socket:
+        sock = Path(config.unix_socket)
+        sock.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            sock.unlink()
+        kwargs["uds"] = str(sock)
+    else:
+        kwargs["host"], kwargs["port"] = config.host, config.port
+    server = uvicorn.Server(uvicorn.Config(built.app, **kwargs))
+    where = config.unix_socket or f"http://{config.host}:{config.port}"
+    print(f"warden gateway {config.gateway_id} ({config.mode}) listening on {where}", flush=True)
+    # uvicorn handles SIGTERM/SIGINT: stop accepting, finish running responses, then
+    # the lifespan above drains the gateway and closes (checkpoints) the audit store.
+    server.run()
+    return 0

@@ -1,0 +1,65 @@
+"""Display formatters for results that carry warden info (``df.attrs["warden"]``).
+
+Registered for pandas DataFrames and Arrow tables by type name (pandas is not imported
+until a result needs it). Frames without warden info keep their own display.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from warden.magic import display as show
+from warden.magic.results import info_of
+
+
+def _limit() -> int:
+    from warden.magic.magics import active
+
+    m = active()
+    return m.displayed_rows() if m is not None else 10
+
+
+def frame_html(df: Any) -> str | None:
+    info = info_of(df)
+    if info is None:
+        own: Callable[[], str | None] | None = getattr(df, "_repr_html_", None)
+        return own() if own is not None else None
+    columns, rows = show.frame_rows(df, _limit())
+    return show.render_table_html(columns, rows, total_rows=len(df), info=info)
+
+
+def table_html(table: Any) -> str | None:
+    info = info_of(table)
+    if info is None:
+        return None
+    columns, rows = show.table_rows(table, _limit())
+    return show.render_table_html(columns, rows, total_rows=table.num_rows, info=info)
+
+
+def frame_text(df: Any, p: Any, cycle: bool) -> None:
+    info = info_of(df)
+    if info is None or cycle:
+        p.text(repr(df))
+        return
+    columns, rows = show.frame_rows(df, _limit())
+    p.text(show.render_table_text(columns, rows, total_rows=len(df), info=info))
+
+
+def table_text(table: Any, p: Any, cycle: bool) -> None:
+    info = info_of(table)
+    if info is None or cycle:
+        p.text(repr(table))
+        return
+    columns, rows = show.table_rows(table, _limit())
+    p.text(show.render_table_text(columns, rows, total_rows=table.num_rows, info=info))
+
+
+def register(shell: Any) -> None:
+    formatters = shell.display_formatter.formatters
+    html, text = formatters["text/html"], formatters["text/plain"]
+    for module in ("pandas", "pandas.core.frame"):  # pandas 3 reports "pandas"
+        html.for_type_by_name(module, "DataFrame", frame_html)
+        text.for_type_by_name(module, "DataFrame", frame_text)
+    html.for_type_by_name("pyarrow.lib", "Table", table_html)
+    text.for_type_by_name("pyarrow.lib", "Table", table_text)

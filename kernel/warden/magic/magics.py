@@ -1,0 +1,576 @@
+"""The ``%%sql`` / ``%sql`` magics and the ``%warden`` helpers.
+
+Every statement goes to the warden gateway (never to a database): the cell's SQL with
+``$n`` placeholders, its bound values, and the cell's context (session, kernel, notebook,
+cell id, execution count, ``cell_run_id``). The gateway decides for the whole cell:
+
+* allowed / masked — results stream back as Arrow; the last statement's result is
+  displayed and returned (or assigned with ``VAR <<``), every statement's result is in
+  ``_sql_results``;
+* held — the cell shows the approval request and, within ``SqlMagic.wait_for_approval``
+  seconds, continues by itself once an approver approves; otherwise it says how to
+  re-run (warden remembers the request for that exact cell);
+* denied — a :class:`~warden.gateway.client.Denied` error names the rule and reason.
+
+An interrupt (Ctrl-C, the stop button) during a query calls the gateway's cancel
+endpoint, which cancels the statement in the database.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class, needs_local_scope
+from IPython.display import DisplayHandle
+from IPython.display import display as _ipython_display
+from traitlets import Bool, Enum, Float, Int, Unicode
+
+from warden.errors import WardenError
+from warden.gateway.client import (
+    CellResult,
+    Denied,
+    GatewayError,
+    GatewayUnavailable,
+    Held,
+    QueryFailed,
+    Unauthorized,
+)
+from warden.kernel.client import CellStream, KernelGatewayClient
+from warden.kernel.session import WardenSession, get_session
+from warden.magic import display as show
+from warden.magic.params import BoundSQL, bind
+from warden.magic.parse import FORMATS, MagicLine, MagicSyntaxError, parse_magic
+from warden.magic.results import statement_info, to_output
+
+_ACTIVE: SqlMagic | None = None
+display: Any = _ipython_display  # untyped in IPython
+
+
+def active() -> SqlMagic | None:
+    return _ACTIVE
+
+
+@dataclass
+class StatementOutcome:
+    """A statement that returned no rows (DDL, DML): its kind and the rows affected."""
+
+    kind: str
+    rowcount: int
+    info: dict[str, Any]
+
+    def __repr__(self) -> str:
+        if self.rowcount >= 0:
+            return f"{self.kind.upper()}: {self.rowcount} row{'s' if self.rowcount != 1 else ''} affected"
+        return f"{self.kind.upper()}: done"
+
+    def _repr_html_(self) -> str:
+        return f'<div class="warden-outcome">{show.esc(repr(self))}</div>'
+
+
+@dataclass
+class Report:
+    """What ``%warden`` helpers return: the data, shown as a small table."""
+
+    title: str
+    data: Any
+    rows: list[tuple[str, str]]
+    note: str = ""
+
+    def _repr_html_(self) -> str:
+        body = "".join(f"<tr><th style='text-align:left;padding:1px 8px'>{show.esc(k)}</th><td style='padding:1px 8px'>{show.esc(v)}</td></tr>" for k, v in self.rows)
+        note = f"<div style='font-size:11px;color:#555'>{show.esc(self.note)}</div>" if self.note else ""
+        return f"<div class='warden-report'><b>{show.esc(self.title)}</b><table>{body}</table>{note}</div>"
+
+    def __repr__(self) -> str:
+        width = max((len(k) for k, _ in self.rows), default=0)
+        lines = [self.title, *(f"  {show.plain(k).ljust(width)}  {show.plain(v)}" for k, v in self.rows)]
+        if self.note:
+            lines.append(show.plain(self.note))
+        return "\n".join(lines)
+
+
+@magics_class
+class SqlMagic(Magics):
+    """Audited SQL through the warden gateway (``%config SqlMagic.<setting> = value``)."""
+
+    displaylimit = Int(10, help="rows shown in a result's display (0: all, up to 10000)").tag(config=True)
+    autolimit = Int(0, help="rows fetched at most per statement (0: the gateway's limit)").tag(config=True)
+    wait_for_approval = Float(60.0, help="seconds a held cell waits for an approver before giving up (0: do not wait)").tag(config=True)
+    approval_poll_interval = Float(1.0, help="seconds between approval status checks while waiting").tag(config=True)
+    format = Enum(list(FORMATS), default_value="pandas", help="result type: pandas, arrow or polars").tag(config=True)
+    short_errors = Bool(True, help="show warden errors as one clear message instead of a traceback").tag(config=True)
+    feedback = Int(1, help="0: only results; 1: progress, holds and summaries").tag(config=True)
+    progress_after = Float(1.0, help="seconds before a running query shows progress").tag(config=True)
+    default_connection = Unicode("", help="connection used when a cell names none").tag(config=True)
+
+    def __init__(self, shell: Any = None, session: WardenSession | None = None, **kwargs: Any) -> None:
+        super().__init__(shell=shell, **kwargs)
+        self._session = session
+        self._connection: str | None = None
+        self._remembered: dict[str, str] = {}  # cell key -> approval id
+
+    @property
+    def session(self) -> WardenSession:
+        return self._session or get_session()
+
+    # -- %sql / %%sql ------------------------------------------------------------------------
+
+    @needs_local_scope
+    @line_cell_magic
+    def sql(self, line: str, cell: str | None = None, local_ns: dict[str, Any] | None = None) -> Any:
+        """Run SQL through the warden gateway.
+
+        %%sql [NAME] [VAR <<] [options]
+        %sql  [NAME] [VAR <<] [options] SQL
+        %sql  NAME                       (switch the default connection)
+
+        Options: -c/--connection NAME, -f/--format pandas|arrow|polars, -n/--limit ROWS,
+        -w/--wait SECONDS (wait for approval), --approval ID, --no-raise, -q/--quiet,
+        -l/--connections. {{var}} and :var are bound parameters ($1..$n), never text.
+        """
+        if cell is not None and not cell.strip() and not line.strip():
+            return None
+        try:
+            parsed = parse_magic(line, cell)
+        except MagicSyntaxError as exc:
+            raise type(exc)(str(exc)) from None
+        try:
+            return self._sql(parsed, local_ns or {})
+        except (Denied, Held, QueryFailed, GatewayError, WardenError) as exc:
+            if parsed.no_raise:
+                if not getattr(exc, "shown", False):
+                    self._show(_error_bundle(exc))
+                return None
+            raise exc.with_traceback(None) from None
+
+    def _sql(self, parsed: MagicLine, local_ns: dict[str, Any]) -> Any:
+        session = self.session
+        if parsed.list_connections:
+            return self._connections_report(session)
+        if parsed.switch_only:
+            self._connection = parsed.connection
+            self._note(f"warden: using connection {parsed.connection}")
+            return None
+        if not parsed.sql.strip():
+            raise MagicSyntaxError("no SQL to run: write it in the cell body (%%sql) or after the options (%sql)")
+        connection = self._pick_connection(parsed, session)
+        user_ns = self.shell.user_ns if self.shell is not None else {}
+
+        def lookup(name: str) -> Any:
+            if name in local_ns:
+                return local_ns[name]
+            return user_ns[name]
+
+        bound = bind(parsed.sql, lookup)
+        client = self._client(session)
+        result, stream = self._run_with_approval(client, session, connection, bound, parsed)
+        return self._deliver(result, stream, session, connection, parsed)
+
+    def _client(self, session: WardenSession) -> KernelGatewayClient:
+        from warden.gateway.local import LocalGatewayError
+
+        try:
+            return session.client()
+        except LocalGatewayError as exc:
+            raise GatewayUnavailable(
+                f"the local warden gateway could not be started: {exc}. No query ran; the kernel never connects to a database directly.",
+                code="unavailable",
+            ) from None
+
+    def _pick_connection(self, parsed: MagicLine, session: WardenSession) -> str:
+        if parsed.connection:
+            self._connection = parsed.connection
+            return parsed.connection
+        if self._connection:
+            return self._connection
+        if self.default_connection:
+            return str(self.default_connection)
+        known = session.known_connections()
+        if known and len(known) == 1:
+            self._connection = known[0]
+            return known[0]
+        hint = f" (yours: {', '.join(known)})" if known else ""
+        raise MagicSyntaxError(f"which connection? Name it on the first line, e.g. `%%sql NAME`{hint}")
+
+    # -- running, with holds ------------------------------------------------------------
+
+    def _run_with_approval(
+        self, client: KernelGatewayClient, session: WardenSession, connection: str, bound: BoundSQL, parsed: MagicLine
+    ) -> tuple[CellResult, CellStream]:
+        key = json.dumps([connection, bound.sql, list(bound.params)], default=str)
+        wait = float(self.wait_for_approval if parsed.wait is None else parsed.wait)
+        approval_id = parsed.approval_id
+        if approval_id is None and key in self._remembered:
+            approval_id = self._check_remembered(client, key, wait)
+        max_rows = parsed.limit if parsed.limit is not None else (self.autolimit or None)
+        for attempt in range(2):
+            try:
+                return self._stream(client, session, connection, bound, approval_id, max_rows or None)
+            except Held as held:
+                approval = held.approval
+                aid = str(approval.get("id", ""))
+                self._remembered[key] = aid
+                session.record_query({"type": "query.held", "time": _now(), "connection": connection,
+                                      "approval_id": aid, "event_id": held.body.get("event_id", ""),
+                                      "rule_ids": approval.get("rule_ids", [])})  # fmt: skip
+                if attempt == 1:
+                    raise
+                approval_id = self._wait_for_approval(client, held.body, wait)
+                self._remembered.pop(key, None)
+            except Denied as denied:
+                session.record_query({"type": "query.denied", "time": _now(), "connection": connection,
+                                      "event_id": denied.body.get("event_id", ""), "rule_ids": denied.rule_ids})  # fmt: skip
+                raise Denied(_denied_message(denied), code=denied.code, body=denied.body) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _check_remembered(self, client: KernelGatewayClient, key: str, wait: float) -> str | None:
+        aid = self._remembered[key]
+        try:
+            a = client.retrying(lambda: client.approval(aid))
+        except GatewayError:
+            self._remembered.pop(key, None)
+            return None
+        status = a.get("status")
+        if status == "approved":
+            return aid
+        if status == "pending":
+            body = {"status": "held", "approval": a, "approvers": {}}
+            return self._wait_for_approval(client, body, wait)
+        self._remembered.pop(key, None)  # denied, expired, used: ask afresh
+        return None
+
+    def _wait_for_approval(self, client: KernelGatewayClient, body: dict[str, Any], wait: float) -> str:
+        """Show the hold; poll until approved (returns the id) or give up (raises)."""
+        approval = dict(body.get("approval", {}) or {})
+        aid = str(approval.get("id", ""))
+        started = time.monotonic()
+        handle = self._show(show.message_bundle("Held for approval — nothing ran yet", show.held_lines(body, waited=0, wait=wait, status="pending"), kind="held"), update=True)
+        status = str(approval.get("status", "pending"))
+        try:
+            while wait > 0 and time.monotonic() - started < wait:
+                time.sleep(min(max(self.approval_poll_interval, 0.05), max(wait - (time.monotonic() - started), 0.01)))
+                try:
+                    approval = client.retrying(lambda: client.approval(aid))
+                except GatewayUnavailable:
+                    continue
+                status = str(approval.get("status", "pending"))
+                if status != "pending":
+                    break
+                self._update(handle, show.message_bundle("Held for approval — nothing ran yet",
+                                                          show.held_lines({**body, "approval": approval}, waited=time.monotonic() - started, wait=wait, status=status), kind="held"))  # fmt: skip
+        except KeyboardInterrupt:
+            self._update(handle, show.message_bundle("Stopped waiting for approval", [
+                f"approval request {aid} stays open; once it is approved, re-run this cell (warden remembers the request) or use --approval {aid}"], kind="held"))  # fmt: skip
+            raise
+        if status == "approved":
+            who = approval.get("decided_by") or "an approver"
+            self._update(handle, show.message_bundle(f"Approved by {who} — running the cell", [
+                f"approval {aid}: {approval.get('decision_reason') or ''}".rstrip(": ")], kind="ok"))  # fmt: skip
+            return aid
+        if status == "denied":
+            self._update(handle, show.message_bundle("Approval refused — nothing ran", [f"approval {aid} was refused by {approval.get('decided_by')}: {approval.get('decision_reason')}"], kind="denied"))
+            raise Denied(
+                f"approval {aid} was refused by {approval.get('decided_by')}: {approval.get('decision_reason')}. Nothing ran.",
+                code="approval-refused", body={"approval": approval, "rule_ids": list(approval.get("rule_ids", []))},
+            )  # fmt: skip
+        if status in ("expired", "used"):
+            raise Held(f"approval {aid} is {status}; re-run the cell to ask again. Nothing ran.", code="held", body={**body, "approval": approval})
+        lines = show.held_lines({**body, "approval": approval}, waited=time.monotonic() - started, wait=0, status=status)
+        lines.append(f"Once it is approved, re-run this cell: warden remembers request {aid} (or add --approval {aid}).")
+        self._update(handle, show.message_bundle("Still held for approval — nothing ran", lines, kind="held"))
+        pending = Held(_held_message(body, approval, wait), code="held", body={**body, "approval": approval})
+        pending.shown = True  # type: ignore[attr-defined]  # the hold is on screen already
+        raise pending
+
+    def _stream(
+        self, client: KernelGatewayClient, session: WardenSession, connection: str, bound: BoundSQL,
+        approval_id: str | None, max_rows: int | None,
+    ) -> tuple[CellResult, CellStream]:  # fmt: skip
+        run = session.current
+        context = session.context()
+        if run is None:
+            context["cell_run_id"] = session.ensure_cell().cell_run_id
+            if self.shell is not None:
+                context["execution_count"] = getattr(self.shell, "execution_count", None)
+        stream = client.start_cell(connection, bound.sql, bound.params, context=context, approval_id=approval_id, max_rows=max_rows)
+        handle: DisplayHandle | None = None
+        last = 0.0
+        try:
+            step = 0.05
+            while not stream.wait(step):
+                step = 0.25
+                now = stream.elapsed
+                if self.feedback >= 1 and now >= self.progress_after and now - last >= 0.5:
+                    bundle = show.progress_bundle(stream.state, elapsed=now, received=stream.received, rows=stream.rows)
+                    if handle is None:
+                        handle = self._show(bundle, update=True)
+                    else:
+                        self._update(handle, bundle)
+                    last = now
+        except KeyboardInterrupt:
+            found = stream.cancel()
+            stream.join(10.0 if found else 3.0)
+            qid = stream.query_id
+            message = (f"warden: interrupted — query {qid} was cancelled in the database by the gateway" if found
+                       else f"warden: interrupted — query {qid or '(not started)'} stopped")  # fmt: skip
+            session.record_query({"type": "query.cancelled", "time": _now(), "connection": connection, "query_id": qid or ""})
+            if handle is not None:
+                self._update(handle, {"text/plain": message})
+            else:
+                self._note(message)
+            raise
+        try:
+            result = stream.result()
+        except QueryFailed as exc:
+            trailer = exc.body.get("trailer", {}) if isinstance(exc.body, dict) else {}
+            session.record_query({"type": "query.failed", "time": _now(), "connection": connection, "query_id": stream.query_id or "",
+                                  "event_id": trailer.get("event_id", ""), "status": exc.code})  # fmt: skip
+            if handle is not None:
+                self._update(handle, {"text/plain": ""})
+            raise QueryFailed(_failed_message(exc, stream), code=exc.code, body=exc.body) from None
+        except GatewayUnavailable as exc:
+            raise GatewayUnavailable(_unavailable_message(str(exc)), code=exc.code, body=exc.body) from None
+        except Unauthorized as exc:
+            raise Unauthorized(
+                f"the warden gateway refused this kernel's identity ({exc}); the token comes from "
+                f"{client.tokens.describe}. Set WARDEN_TOKEN or WARDEN_TOKEN_FILE, or the service-account variables.",
+                code=exc.code, body=exc.body,
+            ) from None  # fmt: skip
+        if handle is not None:
+            self._update(handle, show.progress_bundle("done", elapsed=stream.elapsed, received=stream.received, rows=stream.rows)
+                         if self.feedback >= 1 else {"text/plain": ""})  # fmt: skip
+        session.record_query({"type": "query.executed", "time": _now(), "connection": connection, "query_id": stream.query_id or "",
+                              "event_id": result.header.get("event_id", ""), "completion_event_id": result.trailer.get("event_id", ""),
+                              "action": result.header.get("action"), "rows": result.trailer.get("rows"),
+                              "approval_id": result.header.get("approval_id")})  # fmt: skip
+        return result, stream
+
+    # -- results --------------------------------------------------------------------------
+
+    def _deliver(self, result: CellResult, stream: CellStream, session: WardenSession, connection: str, parsed: MagicLine) -> Any:
+        fmt = parsed.format or str(self.format)
+        cell_run_id = str(session.context().get("cell_run_id", ""))
+        outputs: list[Any] = []
+        infos: list[dict[str, Any]] = []
+        for st in result.statements:
+            info = statement_info(result, st, stream.statement_meta.get(st.index, {}), connection=connection, cell_run_id=cell_run_id)
+            infos.append(info)
+            if st.table is not None:
+                outputs.append(to_output(st.table, info, fmt))
+            else:
+                outputs.append(StatementOutcome(st.kind, st.rowcount, info))
+        if self.shell is not None:
+            self.shell.user_ns["_sql_results"] = outputs
+        if not outputs:
+            return None
+        last, info = outputs[-1], infos[-1]
+        if parsed.target:
+            if self.shell is not None:
+                self.shell.user_ns[parsed.target] = last
+            if self.feedback >= 1 and not parsed.quiet:
+                rows, cols = _shape(last)
+                self._note(show.summary_line(parsed.target, info, rows, cols, len(outputs)))
+            return None
+        if self.feedback >= 1 and not parsed.quiet and len(outputs) > 1:
+            self._note(show.summary_line(None, info, 0, 0, len(outputs)))
+        if parsed.quiet:
+            return None
+        return last
+
+    # -- %warden -----------------------------------------------------------------------------
+
+    @line_magic
+    def warden(self, line: str) -> Any:
+        """%warden whoami | approvals [--status S] | audit [--limit N] | help"""
+        words = line.split()
+        cmd = words[0] if words else "help"
+        session = self.session
+        try:
+            if cmd == "whoami":
+                return self._whoami(session)
+            if cmd == "approvals":
+                status = _option(words, "--status")
+                return self._approvals(session, status)
+            if cmd == "audit":
+                limit = int(_option(words, "--limit") or 20)
+                return self._audit(session, limit)
+        except GatewayError as exc:
+            raise type(exc)(_unavailable_message(str(exc)) if isinstance(exc, GatewayUnavailable) else str(exc), code=exc.code, body=exc.body) from None
+        return Report("%warden helpers", None, [
+            ("whoami", "who the gateway says you are, your roles, the mode and your connections"),
+            ("approvals", "your approval requests (approvers: all); --status pending|approved|denied|expired|used"),
+            ("audit", "recent audit events of this kernel session; --limit N"),
+        ])  # fmt: skip
+
+    def _whoami(self, session: WardenSession) -> Report:
+        me = session.whoami(refresh=True)
+        client = session.client()
+        rows = [
+            ("subject", f"{me.get('subject')} ({me.get('kind', 'human')})"),
+            ("display name", str(me.get("display_name") or "")),
+            ("groups", ", ".join(me.get("groups", [])) or "-"),
+            ("roles", ", ".join(me.get("roles", [])) or "none"),
+            ("approver", "yes" if me.get("approver") else "no"),
+            ("connections", ", ".join(me.get("connections", [])) or "-"),
+            ("mode", str(me.get("mode", ""))),
+            ("gateway", f"{me.get('gateway_id', '')} at {client.where}"),
+            ("identity from", client.tokens.describe),
+            ("session", session.session_id),
+            ("kernel", session.kernel_id or "-"),
+            ("notebook", session.notebook_path or "-"),
+        ]
+        return Report("warden whoami", me, rows, str(me.get("note", "")))
+
+    def _approvals(self, session: WardenSession, status: str | None) -> Report:
+        client = session.client()
+        items = client.retrying(lambda: client.approvals(status))
+        rows = [(str(a.get("id")), f"{a.get('status')} · {a.get('requester')} · {a.get('connection')} · {', '.join(a.get('rule_ids', []))} · {a.get('sql', '')}") for a in items]
+        return Report(f"approval requests{' (' + status + ')' if status else ''}: {len(items)}", items, rows)
+
+    def _audit(self, session: WardenSession, limit: int) -> Report:
+        client = session.client()
+        note = ""
+        try:
+            events = client.retrying(lambda: client.session_events(session.session_id, limit=limit))
+            source = "the gateway's audit log"
+        except GatewayError as exc:
+            if isinstance(exc, GatewayUnavailable):
+                raise
+            events = list(session.history)[-limit:]
+            source = "this kernel's own record"
+            note = (f"The gateway did not let this identity read the audit log ({exc}). Shown: what this kernel "
+                    "knows of its own trail; the authoritative records are in the gateway's audit store "
+                    "(an auditor reads them with `warden audit` or GET /v1/audit?session_id=…).")  # fmt: skip
+        rows = []
+        for ev in events[-limit:]:
+            when = str(ev.get("event_time") or ev.get("time") or "")[:19]
+            what = " · ".join(str(ev[k]) for k in ("connection", "status", "action", "query_id", "approval_id", "event_id", "cell_run_id") if ev.get(k))
+            rows.append((f"{when} {ev.get('type', '')}".strip(), what))
+        title = f"audit events of session {session.session_id} ({source}): {len(rows)}"
+        return Report(title, events, rows, note)
+
+    def _connections_report(self, session: WardenSession) -> Report:
+        me = session.whoami()
+        rows = [(str(c), "current" if c == self._connection else "") for c in me.get("connections", [])]
+        return Report("connections (from the gateway's policy)", me.get("connections", []), rows)
+
+    # -- output helpers -------------------------------------------------------------------------
+
+    def _show(self, bundle: dict[str, str], *, update: bool = False) -> DisplayHandle | None:
+        if self.feedback < 1 and not update:
+            return None
+        handle = display(bundle, raw=True, display_id=True) if update else display(bundle, raw=True)
+        return handle if isinstance(handle, DisplayHandle) else None
+
+    def _update(self, handle: DisplayHandle | None, bundle: dict[str, str]) -> None:
+        if handle is not None:
+            handle.update(bundle, raw=True)  # type: ignore[no-untyped-call]
+        else:
+            display(bundle, raw=True)
+
+    def _note(self, text: str) -> None:
+        if self.feedback >= 1 and text:
+            display({"text/plain": text, "text/html": f'<div style="font-size:11px;color:#555">{show.esc(text)}</div>'}, raw=True)
+
+    def displayed_rows(self) -> int:
+        limit = int(self.displaylimit)
+        return 10_000 if limit <= 0 else min(limit, 10_000)
+
+
+def _option(words: list[str], name: str) -> str | None:
+    for i, w in enumerate(words):
+        if w == name and i + 1 < len(words):
+            return words[i + 1]
+        if w.startswith(name + "="):
+            return w.split("=", 1)[1]
+    return None
+
+
+def _shape(obj: Any) -> tuple[int, int]:
+    shape = getattr(obj, "shape", None)
+    if isinstance(shape, tuple) and len(shape) == 2:
+        return int(shape[0]), int(shape[1])
+    return 0, 0
+
+
+def _now() -> str:
+    from warden.kernel.events import now_iso
+
+    return now_iso()
+
+
+def _denied_message(exc: Denied) -> str:
+    body = exc.body
+    reasons = body.get("reasons", []) or []
+    parts = [f"[{r.get('rule')}] {r.get('message')}" for r in reasons if isinstance(r, dict)] or [str(exc)]
+    event = f" (audit event {body['event_id']})" if body.get("event_id") else ""
+    return "denied by the warden gateway — nothing ran: " + "; ".join(parts) + event
+
+
+def _held_message(body: dict[str, Any], approval: dict[str, Any], wait: float) -> str:
+    aid = approval.get("id", "?")
+    why = "; ".join(map(str, approval.get("reasons", []) or [])) or ", ".join(approval.get("rule_ids", []) or [])
+    who = show.approvers_text(body.get("approvers", {}) or {})
+    waited = f" after waiting {wait:.0f} s" if wait > 0 else ""
+    return (
+        f"held for approval {aid}{waited} — nothing ran. Why: {why}. Who can approve: {who} "
+        f"(`warden approvals approve {aid} --reason ...`). Once approved, re-run this cell: warden "
+        f"remembers the request (or add --approval {aid})."
+    )
+
+
+def _failed_message(exc: QueryFailed, stream: CellStream) -> str:
+    trailer = exc.body.get("trailer", {}) if isinstance(exc.body, dict) else {}
+    event = f" (audit event {trailer['event_id']})" if trailer.get("event_id") else ""
+    if exc.code == "cancelled":
+        return f"query {stream.query_id or ''} was cancelled in the database{event}"
+    if exc.code == "timeout":
+        return f"the statement timed out in the database: {exc}{event}"
+    return f"the database failed the query ({exc.code}): {exc}{event}"
+
+
+def _unavailable_message(text: str) -> str:
+    tail = " The kernel never connects to a database directly: start the gateway, or check WARDEN_GATEWAY_URL."
+    if "never connects" in text:
+        return text
+    return text.rstrip(". ") + "." + tail
+
+
+def _error_bundle(exc: BaseException) -> dict[str, str]:
+    titles: dict[type[BaseException], str] = {
+        Denied: "Denied by the warden gateway — nothing ran",
+        Held: "Held for approval — nothing ran",
+        QueryFailed: "The query failed",
+        GatewayUnavailable: "The warden gateway is unavailable — nothing ran",
+        Unauthorized: "The warden gateway refused this identity",
+    }
+    title = titles.get(type(exc), type(exc).__name__)
+    return show.message_bundle(title, [str(exc)], kind="denied" if isinstance(exc, (Denied, GatewayUnavailable, Unauthorized)) else "held")
+
+
+def short_error_handler(magic: Callable[[], SqlMagic | None]) -> Callable[..., list[str] | None]:
+    """A custom exception handler: warden errors as one line, no traceback."""
+
+    def handler(shell: Any, etype: type[BaseException], value: BaseException, tb: Any, tb_offset: int | None = None) -> list[str] | None:
+        m = magic()
+        if m is not None and not m.short_errors:
+            shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
+            return None
+        stb = [f"\x1b[0;31m{etype.__name__}\x1b[0m: {show.plain(value)}"]
+        shell._showtraceback(etype, value, stb)
+        return stb
+
+    return handler
+
+
+def register(shell: Any, session: WardenSession | None = None) -> SqlMagic:
+    global _ACTIVE
+    magic = SqlMagic(shell=shell, session=session)
+    shell.register_magics(magic)
+    shell.configurables.append(magic)
+    _ACTIVE = magic
+    return magic

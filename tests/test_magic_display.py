@@ -1,0 +1,149 @@
+"""Result display: escaped HTML with masked columns marked, and a plain-text form."""
+
+from __future__ import annotations
+
+import html.parser
+import json
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from warden.gateway.client import CellResult, StatementResult
+from warden.magic import display as show
+from warden.magic import formatters
+from warden.magic.results import info_of, statement_info, to_output
+
+HOSTILE = [
+    "<script>alert(1)</script>",
+    '<img src=x onerror="alert(2)">',
+    "\"><svg onload=alert(3)>",
+    "&lt;b&gt;already escaped&lt;/b&gt;",
+    "\x1b[31mred\x1b[0m",
+]
+
+
+class _Tags(html.parser.HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.attrs: list[tuple[str, str | None]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        self.attrs.extend(attrs)
+
+
+def _cell(table: pa.Table, masks: list[dict[str, Any]], *, truncated: bool = False) -> tuple[CellResult, StatementResult]:
+    st = StatementResult(0, "select", table, masks, rows=table.num_rows, truncated=truncated)
+    header = {"action": "mask" if masks else "allow", "rule_ids": ["role:analyst/masks"], "event_id": "ev_1", "query_id": "q_1"}
+    return CellResult(header, [st], {"status": "ok", "event_id": "ev_2"}), st
+
+
+def _info(table: pa.Table, masks: list[dict[str, Any]], **kw: Any) -> dict[str, Any]:
+    cell, st = _cell(table, masks, **kw)
+    return statement_info(cell, st, {}, connection="demo", cell_run_id="run-1")
+
+
+MASKS = [{"position": 1, "column": "email", "operator": "email", "classifications": ["pii.email"], "rules": ["role:analyst/masks"]}]
+
+
+def test_html_escapes_every_value_and_name() -> None:
+    table = pa.table({"id": list(range(len(HOSTILE))), "email": ["****@x.example"] * len(HOSTILE), "<b>note</b>": HOSTILE})
+    df = to_output(table, _info(table, MASKS), "pandas")
+    markup = formatters.frame_html(df)
+    assert markup is not None
+    parser = _Tags()
+    parser.feed(markup)
+    assert set(parser.tags) <= {"div", "table", "thead", "tbody", "tr", "th", "td", "b"}
+    assert "script" not in parser.tags and "img" not in parser.tags and "svg" not in parser.tags
+    assert not any(name.startswith("on") for name, _ in parser.attrs)
+    assert "&lt;script&gt;" in markup and "&lt;img src=x onerror=&quot;alert(2)&quot;&gt;" in markup
+    assert "&amp;lt;b&amp;gt;" in markup  # escaped once more: shown as typed
+    assert "&lt;b&gt;note&lt;/b&gt;" in markup
+
+
+def test_masked_columns_are_marked_with_operator_and_rule() -> None:
+    table = pa.table({"id": [1, 2], "email": ["****@a.example", "****@b.example"]})
+    info = _info(table, MASKS)
+    df = to_output(table, info, "pandas")
+    assert df.attrs["warden"]["masked"]["email"]["operator"] == "email"
+    assert df.attrs["warden"]["masked"]["email"]["rules"] == ["role:analyst/masks"]
+    assert df.attrs["warden"]["event_id"] == "ev_1" and df.attrs["warden"]["completion_event_id"] == "ev_2"
+    markup = formatters.frame_html(df)
+    assert markup is not None
+    assert 'class="warden-masked"' in markup and "role:analyst/masks" in markup and "pii.email" in markup
+    assert "2 rows" in markup and "audit event ev_1" in markup
+
+
+def test_row_count_display_limit_and_truncation() -> None:
+    table = pa.table({"id": list(range(50))})
+    info = _info(table, [], truncated=True)
+    columns, rows = show.table_rows(table, 10)
+    markup = show.render_table_html(columns, rows, total_rows=50, info=info)
+    assert "50 rows" in markup and "showing first 10" in markup and "truncated by the gateway" in markup
+    assert markup.count("<tr>") == 11
+    text = show.render_table_text(columns, rows, total_rows=50, info=info)
+    assert "50 rows · showing first 10" in text and "truncated" in text
+
+
+def test_plain_text_neutralises_control_sequences_and_stars_masked_columns() -> None:
+    table = pa.table({"id": [1], "email": ["\x1b[2J\x1b[31mgotcha"]})
+    df = to_output(table, _info(table, MASKS), "pandas")
+
+    class P:
+        out = ""
+
+        def text(self, s: str) -> None:
+            self.out += s
+
+    p = P()
+    formatters.frame_text(df, p, False)
+    assert "\x1b" not in p.out and "\\x1b[2J" in p.out
+    assert "email*" in p.out and "masked by the gateway: email (email · role:analyst/masks)" in p.out
+
+
+def test_frames_without_warden_info_keep_their_own_display() -> None:
+    pd = pytest.importorskip("pandas")
+    df = pd.DataFrame({"a": [1]})
+    assert formatters.frame_html(df) == df._repr_html_()
+    assert formatters.table_html(pa.table({"a": [1]})) is None
+
+
+def test_arrow_and_polars_outputs() -> None:
+    table = pa.table({"id": [1], "email": ["****@a.example"]})
+    info = _info(table, MASKS)
+    arrow = to_output(table, info, "arrow")
+    assert isinstance(arrow, pa.Table)
+    assert json.loads(arrow.schema.metadata[b"warden"])["masked"]["email"]["operator"] == "email"
+    assert info_of(arrow) == json.loads(json.dumps(info))
+    markup = formatters.table_html(arrow)
+    assert markup is not None and "warden-masked" in markup
+    pl = pytest.importorskip("polars")
+    frame = to_output(table, info, "polars")
+    assert isinstance(frame, pl.DataFrame) and frame.shape == (1, 2)
+
+
+def test_values_render_sql_style() -> None:
+    assert show.cell_text(None) == "NULL"
+    assert show.cell_text(float("nan")) == "NULL"
+    assert show.cell_text("x" * 500).endswith("…") and len(show.cell_text("x" * 500)) == show.MAX_CELL_CHARS
+    assert show.cell_text(b"\x00\x01") == "\\x0001"
+
+
+def test_messages_are_escaped() -> None:
+    body = {
+        "approval": {"id": "apr_<1>", "reasons": ["<script>x</script> in WHERE"], "rule_ids": ["r1"], "expires_at": "2026"},
+        "approvers": {"groups": ["data-owners"]},
+    }
+    bundle = show.message_bundle("Held", show.held_lines(body, waited=3, wait=10, status="pending"), kind="held")
+    assert "<script>" not in bundle["text/html"] and "&lt;script&gt;" in bundle["text/html"]
+    assert "group data-owners" in bundle["text/plain"] and "apr_<1>" in bundle["text/plain"]
+    assert "waiting 3 of 10 s" in bundle["text/plain"]
+
+
+def test_detector_findings_count_as_masked_columns() -> None:
+    table = pa.table({"notes": ["call [phone]"]})
+    cell, st = _cell(table, [])
+    info = statement_info(cell, st, {"detectors": [{"statement": 0, "column": "notes", "detector": "phone", "rows": 1}]}, connection="demo")
+    assert info["masked"]["notes"]["detector"] == "phone"
