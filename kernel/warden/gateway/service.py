@@ -471,6 +471,10 @@ class Gateway:
         status, error = "ok", None
         detectors_fired: list[dict[str, Any]] = []
         sample: list[dict[str, Any]] = []
+        capture = self.config.capture
+        sample_size = int(capture.split(":", 1)[1]) if capture.startswith("sample:") else 0
+        captured: list[str] = []
+        capture_file: Any = None
         try:
             yield json_frame(b"C", header)
             for st in analysis.statements:
@@ -495,6 +499,12 @@ class Gateway:
                         "masks": [{"position": p, "column": m.column, "operator": m.operator.spec,
                                    "classifications": list(m.classifications), "rules": list(m.rules)} for p, m in masks.items()],
                     })  # fmt: skip
+                    if schema is not None and capture == "full":
+                        # The masked result, exactly as sent, kept beside the audit store.
+                        path = self.config.state_dir / "captures" / f"{query_id}-{st.index}.arrows"
+                        path.parent.mkdir(parents=True, exist_ok=True)
+                        capture_file = open(path, "wb")  # noqa: SIM115 - closed at the statement's end
+                        captured.append(str(path))
                     if schema is not None:
                         sink = io.BytesIO()
                         writer: Any = None
@@ -511,13 +521,15 @@ class Gateway:
                             writer.write_batch(batch)
                             rows += batch.num_rows
                             size += batch.nbytes
-                            if self.config.capture.startswith("sample:") and len(sample) < int(self.config.capture.split(":")[1]):
-                                sample.extend(batch.slice(0, int(self.config.capture.split(":")[1]) - len(sample)).to_pylist())
+                            if len(sample) < sample_size:
+                                sample.extend(batch.slice(0, sample_size - len(sample)).to_pylist())
                             chunk = sink.getvalue()
                             sink.seek(0)
                             sink.truncate()
                             if chunk:
                                 digest.update(chunk)
+                                if capture_file is not None:
+                                    capture_file.write(chunk)
                                 yield b"A" + len(chunk).to_bytes(4, "big") + chunk
                             if truncated:
                                 cancel.set()
@@ -528,10 +540,15 @@ class Gateway:
                         tail = sink.getvalue()
                         if tail:
                             digest.update(tail)
+                            if capture_file is not None:
+                                capture_file.write(tail)
                             yield b"A" + len(tail).to_bytes(4, "big") + tail
                     else:
                         rows = max(result.rowcount, 0)
                 finally:
+                    if capture_file is not None:
+                        capture_file.close()
+                        capture_file = None
                     if result.close is not None:
                         result.close()
                     if truncated:
@@ -562,9 +579,9 @@ class Gateway:
                 sql=decision.redacted_sql, fingerprint=analysis.fingerprint, statement_hash=analysis.statement_hash,
                 action=decision.action, rule_ids=list(decision.rule_ids), query_id=query_id, status=status, error=error,
                 rows=total_rows, bytes=total_bytes, duration_ms=round((time.monotonic() - started) * 1000, 3),
-                result_fingerprint=digest.hexdigest(), detectors=detectors_fired,
+                result_fingerprint="" if capture == "none" else digest.hexdigest(), detectors=detectors_fired,
                 masks=[{"statement": m.statement, "column": m.column, "operator": m.operator.spec, "classifications": list(m.classifications)} for m in decision.masks],
-                capture_ref=json.dumps(sample, default=str) if sample else "",
+                capture_ref=json.dumps(sample, default=str) if sample else json.dumps(captured) if captured else "",
             )  # fmt: skip
             completion_id = ""
             try:
