@@ -90,7 +90,7 @@ def test_capture_sample_and_none(make: Any) -> None:
 class _Hook(BaseHTTPRequestHandler):
     received: list[dict[str, Any]] = []
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["content-length"]))
         _Hook.received.append(json.loads(body))
         self.send_response(204)
