@@ -322,6 +322,16 @@ def test_completions_hide_denied_tables(gateway: GatewayProcess, issuer: OIDCIss
     assert "public.secrets" not in tables
 
 
+def test_auditor_verifies_the_chain_over_http(gateway: GatewayProcess, issuer: OIDCIssuer) -> None:
+    auditor = {"authorization": f"Bearer {issuer.issue(sub='aud', groups=['audit'])}"}
+    report = httpx.post(gateway.url + "/v1/audit/verify", headers=auditor).json()
+    assert report["ok"] is True
+    analyst_token = {"authorization": f"Bearer {issuer.issue(sub='ana', groups=['analysts'], region='emea')}"}
+    assert httpx.post(gateway.url + "/v1/audit/verify", headers=analyst_token).status_code == 403
+    with client(gateway, issuer, "aud", ["audit"]) as c:
+        assert any(e["type"] == "audit.verify" for e in c.audit(type="audit.verify"))
+
+
 def test_graceful_shutdown_then_verify(gateway: GatewayProcess, tmp_path: Path) -> None:
     # Runs last in this module: stopping drains and writes a checkpoint.
     # uvicorn re-raises SIGTERM after its graceful shutdown: -15 is a clean exit here.

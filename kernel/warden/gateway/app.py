@@ -39,7 +39,7 @@ def error_response(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"status": "error", "error": {"code": code, "message": message}}, status_code=status)
 
 
-def create_app(gateway: Gateway, authenticate: Authenticate, *, audit_reader: Any = None) -> Starlette:
+def create_app(gateway: Gateway, authenticate: Authenticate, *, audit_reader: Any = None, audit_verifier: Any = None) -> Starlette:
     """The ASGI app. ``authenticate`` maps the Authorization header to an Identity or
     raises a WardenError with a ``code``; ``audit_reader`` serves /v1/audit."""
 
@@ -208,6 +208,19 @@ def create_app(gateway: Gateway, authenticate: Authenticate, *, audit_reader: An
             raise HTTPError(503, "catalog-unavailable", str(exc)) from None
         return JSONResponse({"connection": connection, "tables": tables})
 
+    async def audit_verify(request: Request) -> Response:
+        who = await identity_of(request)
+        if "auditor" not in {r.name for r in matching_roles(gateway.policy, who)}:
+            raise HTTPError(403, "not-auditor", "verifying the audit log needs the 'auditor' role")
+        if audit_verifier is None:
+            raise HTTPError(501, "not-configured", "this gateway cannot verify its audit store")
+        report = await run_in_threadpool(audit_verifier)
+        ev = gateway.base_event(who, {}, request.client.host if request.client else "")
+        ev.update(type="audit.verify", status="ok" if report.get("ok") else "failed",
+                  error=None if report.get("ok") else f"{len(report.get('issues', []))} issue(s) found")  # fmt: skip
+        await run_in_threadpool(gateway.audit, [ev])
+        return JSONResponse(report, headers={"cache-control": "no-store"})
+
     async def openapi(request: Request) -> Response:
         return JSONResponse(OPENAPI)
 
@@ -220,6 +233,7 @@ def create_app(gateway: Gateway, authenticate: Authenticate, *, audit_reader: An
         Route("/v1/approvals/{approval_id}", handler(approval_get), methods=["GET"]),
         Route("/v1/approvals/{approval_id}/{verb:str}", handler(approval_decide), methods=["POST"]),
         Route("/v1/audit", handler(audit_query), methods=["GET"]),
+        Route("/v1/audit/verify", handler(audit_verify), methods=["POST"]),
         Route("/v1/events", handler(kernel_event), methods=["POST"]),
         Route("/v1/me/events", handler(my_events), methods=["GET"]),
         Route("/v1/completions", handler(completions), methods=["GET"]),
@@ -350,6 +364,7 @@ OPENAPI: dict[str, Any] = {
                 "responses": {"201": {"description": "recorded"}, "400": _ERROR, "401": _ERROR, "503": _ERROR},
             }
         },
+        "/v1/audit/verify": {"post": {"responses": {"200": {"description": "the verify report (ok, issues)"}, "403": _ERROR}}},
         "/v1/me/events": {"get": {"parameters": [{"name": n, "in": "query", "schema": {"type": "string"}} for n in ("session_id", "since", "until", "type", "limit")],
                                   "responses": {"200": {"description": "the caller's own events"}, "401": _ERROR}}},
         "/v1/completions": {"get": {"parameters": [{"name": "connection", "in": "query", "required": True, "schema": {"type": "string"}}],

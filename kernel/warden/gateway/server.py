@@ -120,7 +120,17 @@ def build(config: GatewayConfig, *, store: Any = None, oidc_transport: Any = Non
         rows: list[dict[str, Any]] = json.loads(json.dumps(table.to_pylist(), default=_json_default))
         return rows
 
-    app = create_app(gateway, authenticate, audit_reader=read_audit)
+    def verify_audit() -> dict[str, Any]:
+        from warden.audit.verify import verify
+
+        checkpoints = config.checkpoint_file or None
+        if checkpoints and not Path(checkpoints).exists():
+            checkpoints = None
+        report = verify(store, checkpoints=checkpoints, public_key=store.public_key)
+        result: dict[str, Any] = json.loads(json.dumps(report.to_dict(), default=_json_default))
+        return result
+
+    app = create_app(gateway, authenticate, audit_reader=read_audit, audit_verifier=verify_audit)
     startup = {"type": "policy.loaded", "gateway_id": config.gateway_id, "mode": config.mode, "status": "ok",
                "subject": "(gateway)", "sql": str(config.policy_path)}  # fmt: skip
     append([startup])
