@@ -217,9 +217,12 @@ class PostgresExecutor(Executor):
     def _query(self, sql: str, params: Sequence[Any], limits: Limits, cancel: threading.Event) -> StatementResult:
         import adbc_driver_manager
 
+        # One round trip sets the limits and proves the pooled connection is alive.
         setup = (
-            f"SET statement_timeout = {int(limits.statement_timeout_ms)}",
-            "SET default_transaction_read_only = " + ("on" if limits.read_only else "off"),
+            "SELECT set_config('statement_timeout', '{}', false), "
+            "set_config('default_transaction_read_only', '{}', false)".format(
+                int(limits.statement_timeout_ms), "on" if limits.read_only else "off"
+            ),
         )
         # A pooled connection may have died (server restarted): the setup statements
         # find out; retry once on a fresh connection before running the user's SQL.
@@ -229,6 +232,7 @@ class PostgresExecutor(Executor):
             try:
                 for stmt in setup:
                     cur.execute(stmt)
+                    cur.fetchall()
                 break
             except adbc_driver_manager.Error as exc:
                 self._adbc_put(con, broken=True)

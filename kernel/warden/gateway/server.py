@@ -41,6 +41,57 @@ def to_draft(event: dict[str, Any]) -> Any:
     return EventDraft(**data)
 
 
+class _VerifiedTokens:
+    """Tokens verified in the last minute (never past their own ``exp``): a notebook
+    sends the same token with every cell, and an RSA verify is the costliest step of
+    a small query. Keyed by a hash of the token; bounded."""
+
+    TTL = 60.0
+    SIZE = 4096
+
+    def __init__(self) -> None:
+        import threading
+        from collections import OrderedDict
+
+        self._items: OrderedDict[str, tuple[float, Identity]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(token: str) -> str:
+        import hashlib
+
+        return hashlib.sha256(token.encode()).hexdigest()
+
+    def get(self, token: str) -> Identity | None:
+        import time
+
+        key = self._key(token)
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                return None
+            if time.time() >= item[0]:
+                del self._items[key]
+                return None
+            return item[1]
+
+    def put(self, token: str, identity: Identity) -> None:
+        import base64
+        import time
+
+        try:
+            payload = token.split(".")[1]
+            claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+            exp = float(claims["exp"])
+        except (IndexError, ValueError, KeyError, TypeError):
+            return  # no readable exp: do not cache
+        until = min(exp, time.time() + self.TTL)
+        with self._lock:
+            self._items[self._key(token)] = (until, identity)
+            while len(self._items) > self.SIZE:
+                self._items.popitem(last=False)
+
+
 @dataclass
 class Built:
     config: GatewayConfig
@@ -106,8 +157,16 @@ def build(config: GatewayConfig, *, store: Any = None, oidc_transport: Any = Non
             transport=oidc_transport,
         )
 
+        cache = _VerifiedTokens()
+
         def authenticate(header: str | None) -> Identity:
-            return verifier.verify(bearer_token(header))
+            token = bearer_token(header)
+            found = cache.get(token)
+            if found is not None:
+                return found
+            identity = verifier.verify(token)
+            cache.put(token, identity)
+            return identity
 
     def read_audit(params: dict[str, str]) -> list[dict[str, Any]]:
         limit = int(params.get("limit", "100"))
