@@ -137,3 +137,11 @@ def test_expired_approval_is_refused(tmp_path: Path) -> None:
 def test_statement_params_renumbering() -> None:
     assert statement_params("SELECT $2, $2, $1", "postgres", ("a", "b")) == ("SELECT $1, $1, $2", ("b", "a"))
     assert statement_params("SELECT '$1', 1", "duckdb", ("a",)) == ("SELECT '$1', 1", ())
+
+
+def test_every_gateway_setting_is_documented() -> None:
+    from warden.gateway.config import SETTINGS
+
+    doc = (Path(__file__).parent.parent / "docs" / "gateway.md").read_text()
+    missing = [key for keys in SETTINGS.values() for key in keys if f"`{key}`" not in doc and f"{key}:" not in doc]
+    assert not missing, f"undocumented gateway settings: {missing}"
