@@ -25,7 +25,7 @@ from warden.gateway.client import (
     QueryFailed,
     Unauthorized,
 )
-from warden.gateway.frames import read_frames
+from warden.gateway.frames import chunk_stream, read_frames
 
 
 @pytest.fixture(scope="module")
@@ -203,7 +203,7 @@ def test_cancel_stops_the_query_in_the_database(gateway: GatewayProcess, issuer:
     started = time.monotonic()
     with httpx.stream("POST", gateway.url + "/v1/cells", json=body, headers=headers, timeout=60) as resp:
         assert resp.status_code == 200
-        stream = _Stream(resp.iter_bytes())
+        stream = chunk_stream(resp.iter_bytes())
         it = read_frames(stream)
         kind, payload = next(it)
         assert kind == b"C"
@@ -218,21 +218,6 @@ def test_cancel_stops_the_query_in_the_database(gateway: GatewayProcess, issuer:
     with postgres.connect() as con:
         running = con.execute("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%CROSS JOIN big b WHERE a.id > 1%' AND state = 'active' AND pid <> pg_backend_pid()").fetchone()
     assert running == (0,)
-
-
-class _Stream:
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-        self._buf = b""
-
-    def read(self, n: int) -> bytes:
-        while len(self._buf) < n:
-            try:
-                self._buf += next(self._chunks)
-            except StopIteration:
-                break
-        out, self._buf = self._buf[:n], self._buf[n:]
-        return out
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ from gateway_harness import POLICY, GatewayProcess, seed_duckdb, seed_postgres
 from oidc_issuer import OIDCIssuer
 from pgserver import PostgresServer
 from warden.gateway.client import GatewayClient, GatewayUnavailable
-from warden.gateway.frames import read_frames
+from warden.gateway.frames import chunk_stream, read_frames
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +111,7 @@ def test_killed_mid_query_leaves_intent_and_a_valid_chain(env: dict[str, Any]) -
     query_id = ""
     with httpx.stream("POST", gw.url + "/v1/cells", json=body, headers=auth, timeout=60) as resp:
         assert resp.status_code == 200
-        frames = read_frames(_Reader(resp.iter_bytes()))
+        frames = read_frames(chunk_stream(resp.iter_bytes()))
         kind, payload = next(frames)
         assert kind == b"C"
         query_id = json.loads(payload)["query_id"]
@@ -187,19 +187,3 @@ def test_fuzzed_bodies_never_crash_the_gateway(env: dict[str, Any], body: bytes)
     if resp.status_code >= 400 and resp.headers.get("content-type", "").startswith("application/json"):
         data = resp.json()
         assert data.get("status") in ("error", "denied")
-
-
-class _Reader:
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-        self._buf = b""
-
-    def read(self, n: int) -> bytes:
-        while len(self._buf) < n:
-            try:
-                self._buf += next(self._chunks)
-            except StopIteration:
-                break
-        out, self._buf = self._buf[:n], self._buf[n:]
-        return out
-

@@ -13,7 +13,6 @@ The transport is injectable (``httpx.HTTPTransport(uds=...)`` for a unix socket,
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +21,7 @@ import httpx
 import pyarrow as pa
 
 from warden.errors import WardenError
-from warden.gateway.frames import read_frames
+from warden.gateway.frames import chunk_stream, read_frames
 
 
 class GatewayError(WardenError):
@@ -77,6 +76,24 @@ class CellResult:
     @property
     def last(self) -> StatementResult | None:
         return self.statements[-1] if self.statements else None
+
+
+def cell_body(
+    connection: str,
+    sql: str,
+    params: Sequence[Any] = (),
+    *,
+    context: dict[str, Any] | None = None,
+    approval_id: str | None = None,
+    max_rows: int | None = None,
+) -> dict[str, Any]:
+    """The JSON body of ``POST /v1/cells``."""
+    body: dict[str, Any] = {"connection": connection, "sql": sql, "params": list(params), "context": context or {}}
+    if approval_id:
+        body["approval_id"] = approval_id
+    if max_rows is not None:
+        body["max_rows"] = max_rows
+    return body
 
 
 class GatewayClient:
@@ -151,11 +168,7 @@ class GatewayClient:
         approval_id: str | None = None,
         max_rows: int | None = None,
     ) -> CellResult:
-        body: dict[str, Any] = {"connection": connection, "sql": sql, "params": list(params), "context": context or {}}
-        if approval_id:
-            body["approval_id"] = approval_id
-        if max_rows is not None:
-            body["max_rows"] = max_rows
+        body = cell_body(connection, sql, params, context=context, approval_id=approval_id, max_rows=max_rows)
         try:
             with self._http.stream("POST", "/v1/cells", json=body) as resp:
                 if resp.status_code != 200:
@@ -170,30 +183,10 @@ class GatewayClient:
             ) from None
 
 
-class _IterStream(io.RawIOBase):
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-        self._buf = b""
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        while not self._buf:
-            try:
-                self._buf = next(self._chunks)
-            except StopIteration:
-                return 0
-        n = min(len(b), len(self._buf))
-        b[:n] = self._buf[:n]
-        self._buf = self._buf[n:]
-        return n
-
-
 def _read_cell(chunks: Iterator[bytes]) -> CellResult:
     import json
 
-    stream = io.BufferedReader(_IterStream(chunks))
+    stream = chunk_stream(chunks)
     header: dict[str, Any] = {}
     trailer: dict[str, Any] = {}
     statements: list[StatementResult] = []

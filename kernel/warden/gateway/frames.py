@@ -15,6 +15,7 @@ frames and opens them with ``pyarrow.ipc.open_stream``.
 
 from __future__ import annotations
 
+import io
 import json
 import struct
 from collections.abc import Iterator
@@ -56,3 +57,30 @@ def _read_exact(stream: BinaryIO, size: int, *, allow_eof: bool) -> bytes | None
         chunks.append(chunk)
         remaining -= len(chunk)
     return b"".join(chunks)
+
+
+class _ChunkReader(io.RawIOBase):
+    """A readable raw stream over an iterator of byte chunks (no quadratic copying)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buf = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        while not len(self._buf):
+            try:
+                self._buf = memoryview(next(self._chunks))
+            except StopIteration:
+                return 0
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
+
+
+def chunk_stream(chunks: Iterator[bytes], buffer_size: int = 1 << 16) -> BinaryIO:
+    """A buffered binary stream over an iterator of chunks (an HTTP body, say)."""
+    return io.BufferedReader(_ChunkReader(chunks), buffer_size=buffer_size)

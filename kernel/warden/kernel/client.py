@@ -15,7 +15,6 @@ Endpoints the gateway may not have yet answer 404; callers treat that as
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import threading
 import time
@@ -33,9 +32,10 @@ from warden.gateway.client import (
     QueryFailed,
     StatementResult,
     Unauthorized,
+    cell_body,
     raise_for_response,
 )
-from warden.gateway.frames import read_frames
+from warden.gateway.frames import chunk_stream, read_frames
 from warden.kernel.connect import Endpoint, TokenSource
 
 
@@ -150,11 +150,7 @@ class KernelGatewayClient(GatewayClient):
         approval_id: str | None = None,
         max_rows: int | None = None,
     ) -> CellStream:
-        body: dict[str, Any] = {"connection": connection, "sql": sql, "params": list(params), "context": context or {}}
-        if approval_id:
-            body["approval_id"] = approval_id
-        if max_rows is not None:
-            body["max_rows"] = max_rows
+        body = cell_body(connection, sql, params, context=context, approval_id=approval_id, max_rows=max_rows)
         stream = CellStream(self, body)
         stream.start()
         return stream
@@ -280,7 +276,7 @@ class CellStream:
             ) from None
 
     def _read(self, chunks: Iterator[bytes]) -> CellResult:
-        stream = io.BufferedReader(_ChunkReader(chunks), buffer_size=1 << 16)
+        stream = chunk_stream(chunks)
         statements: list[StatementResult] = []
         current: StatementResult | None = None
         current_meta: dict[str, Any] = {}
@@ -331,25 +327,3 @@ class CellStream:
         if not self.trailer:
             raise GatewayUnavailable("the gateway's result stream ended before its trailer; the result is incomplete", code="unavailable")
         return CellResult(self.header, statements, self.trailer)
-
-
-class _ChunkReader(io.RawIOBase):
-    """A readable raw stream over an iterator of byte chunks (no quadratic copying)."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-        self._buf = memoryview(b"")
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        while not len(self._buf):
-            try:
-                self._buf = memoryview(next(self._chunks))
-            except StopIteration:
-                return 0
-        n = min(len(b), len(self._buf))
-        b[:n] = self._buf[:n]
-        self._buf = self._buf[n:]
-        return n
