@@ -213,7 +213,7 @@ def test_cancel_stops_the_query_in_the_database(gateway: GatewayProcess, issuer:
     kinds = [k for k, _ in frames]
     assert b"X" in kinds and kinds[-1] == b"T"
     err = json.loads(dict(frames)[b"X"])
-    assert err["code"] in ("cancelled", "timeout")
+    assert err["code"] in ("cancelled", "timeout"), err
     assert time.monotonic() - started < 10
     with postgres.connect() as con:
         running = con.execute("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%CROSS JOIN big b WHERE a.id > 1%' AND state = 'active' AND pid <> pg_backend_pid()").fetchone()

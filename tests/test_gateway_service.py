@@ -58,6 +58,7 @@ def run(b: Built, who: Identity, sql: str, **kw: Any) -> Any:
 
 
 def last_event(b: Built, type_: str) -> dict[str, Any]:
+    b.flush()
     rows: list[dict[str, Any]] = b.store.query(types=type_, limit=1).to_pylist()
     assert rows, f"no {type_} event"
     return rows[0]
@@ -145,3 +146,45 @@ def test_every_gateway_setting_is_documented() -> None:
     doc = (Path(__file__).parent.parent / "docs" / "gateway.md").read_text()
     missing = [key for keys in SETTINGS.values() for key in keys if f"`{key}`" not in doc and f"{key}:" not in doc]
     assert not missing, f"undocumented gateway settings: {missing}"
+
+
+def test_append_nowait_keeps_order(tmp_path: Path) -> None:
+    from warden.audit.record import EventDraft
+    from warden.audit.store import open_store
+
+    store = open_store(f"duckdb://{tmp_path / 'a.duckdb'}", chain_id="t")
+    try:
+        later = store.append_nowait([EventDraft(type="query.executed", subject="x")])
+        then = store.append([EventDraft(type="audit.read", subject="y")])
+        first = later(5.0)
+        assert first[0].seq < then[0].seq
+        types = [r["type"] for r in store.query(order="seq").to_pylist()]
+        assert types == ["query.executed", "audit.read"]
+    finally:
+        store.close()
+
+
+def test_read_only_limits_hold_in_the_database(pg_dsn: str) -> None:
+    import psycopg
+
+    from warden.gateway.execute import ExecutionError, Limits, PostgresExecutor
+
+    with psycopg.connect(pg_dsn, autocommit=True) as con:
+        con.execute("CREATE TABLE t (id int)")
+        con.execute("INSERT INTO t VALUES (1), (2)")
+    ex = PostgresExecutor(pg_dsn)
+    try:
+        ro = Limits(statement_timeout_ms=5000, read_only=True)
+        sneaky = "WITH d AS (DELETE FROM t RETURNING id) SELECT * FROM d"
+        for _ in range(2):  # also on a pooled session whose limits were already set
+            with pytest.raises(ExecutionError, match="read-only"):
+                res = ex.run(sneaky, (), ro, threading.Event(), returns_rows=True)
+                list(res.batches)
+        rw = Limits(statement_timeout_ms=5000, read_only=False)
+        res = ex.run("SELECT count(*) AS n FROM t", (), rw, threading.Event(), returns_rows=True)
+        assert [b.to_pylist() for b in res.batches] == [[{"n": 2}]]
+        res.close()
+    finally:
+        ex.close()
+    with psycopg.connect(pg_dsn) as con:
+        assert con.execute("SELECT count(*) FROM t").fetchone() == (2,)

@@ -296,6 +296,31 @@ class AuditStore(ABC):
         # recorded (deny), and an extra record is harmless evidence.
         return AuditUnavailable(f"audit store {self.describe()} did not confirm the write within {self.append_timeout:.0f}s")
 
+    def append_nowait(self, drafts: EventDraft | Iterable[EventDraft]) -> Callable[[float | None], list[AuditEvent]]:
+        """Queue events for the writer and return at once, with a function that waits
+        for their outcome (the sealed events, or the error).
+
+        Order is kept: anything appended later commits after these, so a reader who
+        appends first (``audit.read``) sees them. For records that need not be
+        durable before the caller goes on, such as a query's completion.
+        """
+        items = self._check(drafts)
+        request = _Request(items) if items else None
+        if request is not None:
+            self._enqueue(request)
+
+        def result(timeout: float | None = None) -> list[AuditEvent]:
+            if request is None:
+                return []
+            if not request.wait(self.append_timeout if timeout is None else timeout):
+                raise self._timed_out()
+            if request.error is not None:
+                raise request.error
+            assert request.events is not None
+            return request.events
+
+        return result
+
     def append_one(self, draft: EventDraft) -> AuditEvent:
         """``append([draft])[0]``."""
         return self.append([draft])[0]

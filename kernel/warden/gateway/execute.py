@@ -61,7 +61,14 @@ class Executor:
     dialect = ""
 
     def run(
-        self, sql: str, params: Sequence[Any], limits: Limits, cancel: threading.Event, *, returns_rows: bool
+        self,
+        sql: str,
+        params: Sequence[Any],
+        limits: Limits,
+        cancel: threading.Event,
+        *,
+        returns_rows: bool,
+        retry_safe: bool = False,
     ) -> StatementResult:  # pragma: no cover - interface
         raise NotImplementedError
 
@@ -85,7 +92,14 @@ class DuckDBExecutor(Executor):
         self._lock = threading.Lock()
 
     def run(
-        self, sql: str, params: Sequence[Any], limits: Limits, cancel: threading.Event, *, returns_rows: bool
+        self,
+        sql: str,
+        params: Sequence[Any],
+        limits: Limits,
+        cancel: threading.Event,
+        *,
+        returns_rows: bool,
+        retry_safe: bool = False,
     ) -> StatementResult:
         import duckdb
 
@@ -181,6 +195,7 @@ class PostgresExecutor(Executor):
         # At most ``result_connections`` result streams at once; more requests wait
         # for one (opening a connection per request would cost more than waiting).
         self._adbc_slots = threading.BoundedSemaphore(result_connections)
+        self._applied: dict[int, tuple[int, str]] = {}  # id(connection) -> session limits set
 
     def _adbc_get(self) -> Any:
         import adbc_driver_postgresql.dbapi as adbc
@@ -191,7 +206,10 @@ class PostgresExecutor(Executor):
             if self._adbc:
                 return self._adbc.pop()
         try:
-            return adbc.connect(self._dsn)
+            # Autocommit: each statement is its own transaction, so a failed query never
+            # leaves the pooled session in an aborted transaction, and session settings
+            # (set_config(..., false)) stick.
+            return adbc.connect(self._dsn, autocommit=True)
         except Exception:
             self._adbc_slots.release()
             raise
@@ -199,6 +217,8 @@ class PostgresExecutor(Executor):
     def _adbc_put(self, con: Any, *, broken: bool) -> None:
         try:
             if broken:
+                # Forget its session settings: a new connection may reuse the id.
+                self._applied.pop(id(con), None)
                 with contextlib.suppress(Exception):
                     con.close()
                 return
@@ -208,44 +228,59 @@ class PostgresExecutor(Executor):
             self._adbc_slots.release()
 
     def run(
-        self, sql: str, params: Sequence[Any], limits: Limits, cancel: threading.Event, *, returns_rows: bool
+        self,
+        sql: str,
+        params: Sequence[Any],
+        limits: Limits,
+        cancel: threading.Event,
+        *,
+        returns_rows: bool,
+        retry_safe: bool = False,
     ) -> StatementResult:
         if returns_rows and _returns_rows(sql):
-            return self._query(sql, params, limits, cancel)
+            return self._query(sql, params, limits, cancel, retry_safe=retry_safe)
         return self._command(sql, params, limits, cancel)
 
-    def _query(self, sql: str, params: Sequence[Any], limits: Limits, cancel: threading.Event) -> StatementResult:
+    def _query(
+        self, sql: str, params: Sequence[Any], limits: Limits, cancel: threading.Event, *, retry_safe: bool
+    ) -> StatementResult:
         import adbc_driver_manager
 
-        # One round trip sets the limits and proves the pooled connection is alive.
+        wanted = (int(limits.statement_timeout_ms), "on" if limits.read_only else "off")
         setup = (
             "SELECT set_config('statement_timeout', '{}', false), "
-            "set_config('default_transaction_read_only', '{}', false)".format(
-                int(limits.statement_timeout_ms), "on" if limits.read_only else "off"
-            ),
+            "set_config('default_transaction_read_only', '{}', false)".format(*wanted)
         )
-        # A pooled connection may have died (server restarted): the setup statements
-        # find out; retry once on a fresh connection before running the user's SQL.
+        # Session limits are set once per pooled connection (and again when they
+        # change). A pooled connection may have died (server restarted): a failure
+        # before the user's SQL was sent, or of a read-only statement, is retried once
+        # on a fresh connection.
         for attempt in (1, 2):
             con = self._adbc_get()
             cur = con.cursor()
+            sent = False
+            watcher: _Watcher | None = None
             try:
-                for stmt in setup:
-                    cur.execute(stmt)
+                if self._applied.get(id(con)) != wanted:
+                    cur.execute(setup)
                     cur.fetchall()
+                    self._applied[id(con)] = wanted
+                watcher = _Watcher(cancel, cur.adbc_cancel)  # the server enforces statement_timeout
+                sent = True
+                cur.execute(sql, tuple(params) if params else None)
+                reader = cur.fetch_record_batch()
                 break
             except adbc_driver_manager.Error as exc:
+                if watcher is not None:
+                    watcher.stop()
                 self._adbc_put(con, broken=True)
-                if attempt == 2:
+                lost = _connection_lost(exc)
+                if attempt == 1 and lost and (not sent or retry_safe) and not cancel.is_set():
+                    continue
+                if not sent:
                     raise ExecutionError(_pg_message(exc), code="unavailable") from None
-        watcher = _Watcher(cancel, cur.adbc_cancel)  # the server enforces statement_timeout
-        try:
-            cur.execute(sql, tuple(params) if params else None)
-            reader = cur.fetch_record_batch()
-        except adbc_driver_manager.Error as exc:
-            watcher.stop()
-            self._adbc_put(con, broken=True)
-            raise _pg_error(exc, cancel) from None
+                raise _pg_error(exc, cancel) from None
+        assert watcher is not None
 
         def batches() -> Iterator[pa.RecordBatch]:
             try:
@@ -255,6 +290,7 @@ class PostgresExecutor(Executor):
                     yield batch
             except (adbc_driver_manager.Error, pa.ArrowException, OSError) as exc:
                 # Errors while streaming surface through Arrow's reader as OSError.
+                done["broken"] = True  # never hand a session that failed mid-stream back out
                 raise _pg_error(exc, cancel) from None
 
         done = {"broken": False}
@@ -322,11 +358,18 @@ class PostgresExecutor(Executor):
                 with contextlib.suppress(Exception):
                     con.close()
             self._adbc.clear()
+            self._applied.clear()
 
 
 def _returns_rows(sql: str) -> bool:
     head = sql.lstrip().lstrip("(").split(None, 1)[0].upper() if sql.strip() else ""
     return head in ("SELECT", "WITH", "VALUES", "TABLE", "SHOW", "EXPLAIN")
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return any(s in text for s in ("server closed the connection", "no connection to the server", "terminating connection",
+                                   "connection refused", "could not send", "eof detected", "broken pipe", "connection reset"))  # fmt: skip
 
 
 def _pg_error(exc: BaseException, cancel: threading.Event) -> ExecutionError:

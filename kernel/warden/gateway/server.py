@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import secrets
+import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,47 @@ def to_draft(event: dict[str, Any]) -> Any:
         if key in data:
             data[key] = tuple(str(v) for v in data[key])
     return EventDraft(**data)
+
+
+class _LaterAppends:
+    """Queues records on the audit store without waiting, and checks their outcome
+    in one background thread (a failure is logged; the next waited-for append
+    will fail too, and so deny). ``flush()`` waits for all of them."""
+
+    def __init__(self, store: Any) -> None:
+        import queue
+        import threading
+
+        self._store = store
+        self._pending: queue.Queue[Any] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="warden-audit-later", daemon=True)
+        self._thread.start()
+
+    def __call__(self, events: list[dict[str, Any]]) -> list[str]:
+        drafts = [to_draft(e) for e in events]
+        self._pending.put(self._store.append_nowait(drafts))
+        return [d.event_id for d in drafts]
+
+    def _run(self) -> None:
+        import logging
+
+        log = logging.getLogger("warden.gateway")
+        while True:
+            result = self._pending.get()
+            try:
+                result(None)
+            except Exception as exc:
+                log.error("an audit record could not be committed: %s", exc)
+                print(f"warden gateway: an audit record could not be committed: {exc}", file=sys.stderr, flush=True)
+            finally:
+                self._pending.task_done()
+
+    def flush(self, timeout: float = 30.0) -> None:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while self._pending.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.005)
 
 
 class _VerifiedTokens:
@@ -102,8 +144,15 @@ class Built:
 
     def close(self) -> None:
         self.gateway.close()
+        self.flush()
         with contextlib.suppress(Exception):
             self.store.close()
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait until every queued (not yet awaited) audit record is committed."""
+        later = getattr(self.gateway, "_audit_later", None)
+        if isinstance(later, _LaterAppends):
+            later.flush(timeout)
 
 
 def local_token(config: GatewayConfig) -> str:
@@ -130,7 +179,8 @@ def build(config: GatewayConfig, *, store: Any = None, oidc_transport: Any = Non
         done = store.append([to_draft(e) for e in events])
         return [e.event_id for e in done]
 
-    gateway = Gateway(config, audit=append)
+    later = _LaterAppends(store)
+    gateway = Gateway(config, audit=append, audit_later=later)
     token = ""
     authenticate: Callable[[str | None], Identity]
     if config.auth.mode == "local":

@@ -80,10 +80,20 @@ class CellOutcome:
 
 
 class Gateway:
-    def __init__(self, config: GatewayConfig, *, audit: AuditAppend, policy: Policy | None = None) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        audit: AuditAppend,
+        audit_later: AuditAppend | None = None,
+        policy: Policy | None = None,
+    ) -> None:
         self.config = config
         self.policy = policy or load_policy(config.policy_path)
         self._audit_append = audit
+        # Records that need not be durable before the response goes on (a query's
+        # completion) are queued in order without waiting for their commit.
+        self._audit_later = audit_later or audit
         secret = config.secret()
         self.mask_key = hashlib.sha256(b"warden-mask-key\x00" + secret).digest()
         self.approvals = ApprovalStore(config.approvals_store)
@@ -155,6 +165,12 @@ class Gateway:
             return self._audit_append(events)
         except Exception as exc:
             raise AuditUnavailableError(f"the audit store cannot record events ({type(exc).__name__}); no query runs unaudited") from None
+
+    def audit_later(self, events: list[dict[str, Any]]) -> list[str]:
+        try:
+            return self._audit_later(events)
+        except Exception as exc:
+            raise AuditUnavailableError(f"the audit store cannot record events ({type(exc).__name__})") from None
 
     def base_event(self, identity: Identity, context: dict[str, Any], client_ip: str = "") -> dict[str, Any]:
         return {
@@ -488,7 +504,7 @@ class Gateway:
                     sql = apply_sql_masks(sql, [o.name for o in st.outputs], sql_masks, analysis.dialect)
                 returns_rows = bool(st.outputs) and st.kind in ("select", "insert", "update", "delete", "merge")
                 sql, params = statement_params(sql, analysis.dialect, req.params)
-                result = executor.run(sql, params, limits, cancel, returns_rows=returns_rows)
+                result = executor.run(sql, params, limits, cancel, returns_rows=returns_rows, retry_safe=st.kind == "select")
                 rows = size = 0
                 truncated = False
                 try:
@@ -585,7 +601,7 @@ class Gateway:
             )  # fmt: skip
             completion_id = ""
             try:
-                completion_id = (self.audit([done]) or [""])[0]
+                completion_id = (self.audit_later([done]) or [""])[0]
             except AuditUnavailableError:
                 status = "audit-failed"
             with contextlib.suppress(GeneratorExit, RuntimeError):
@@ -668,11 +684,12 @@ def _prefetch(batches: Iterator[pa.RecordBatch], depth: int = 4) -> Iterator[pa.
     """
     import queue
 
-    # Small results (one batch) need no thread: only start one when a second batch comes.
-    first = next(batches, _DONE)
-    if first is _DONE:
-        return
-    yield first
+    # Small results (one or two batches) need no thread: fetch those inline.
+    for _ in range(2):
+        batch = next(batches, _DONE)
+        if batch is _DONE:
+            return
+        yield batch
     q: queue.Queue[Any] = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
