@@ -20,6 +20,7 @@ from pgserver import PostgresServer
 from warden.gateway.client import (
     Denied,
     GatewayClient,
+    GatewayError,
     GatewayUnavailable,
     Held,
     QueryFailed,
@@ -135,7 +136,7 @@ def test_hold_approve_and_rerun(gateway: GatewayProcess, issuer: OIDCIssuer) -> 
         eve.run("pg", sql)
     approval = held.value.approval
     assert approval["status"] == "pending" and "role:engineer/hold[0]" in approval["rule_ids"]
-    with client(gateway, issuer, "eve", ["eng", "owners"]) as eve_owner, pytest.raises(Exception, match="own request"):
+    with client(gateway, issuer, "eve", ["eng", "owners"]) as eve_owner, pytest.raises(GatewayError, match="own request"):
         eve_owner.decide(approval["id"], approve=True, reason="mine")
     with client(gateway, issuer, "bob", ["owners"]) as bob:
         decided = bob.decide(approval["id"], approve=True, reason="cleanup ticket 42")
@@ -264,7 +265,7 @@ def test_audit_records_the_story(gateway: GatewayProcess, issuer: OIDCIssuer) ->
     # nothing raw reached the log
     dump = json.dumps(events)
     assert "ada@analytical.example" not in dump
-    with analyst(gateway, issuer) as c, pytest.raises(Exception, match="auditor"):
+    with analyst(gateway, issuer) as c, pytest.raises(GatewayError, match="auditor"):
         c.audit()
 
 

@@ -25,7 +25,7 @@ from typing import Any, Literal
 from warden.masking.operators import MaskOperator, escalate_for_transform, strongest
 from warden.policy.conditions import Deferred
 from warden.policy.model import Policy, Role
-from warden.sql.model import CellAnalysis, ColumnRef, StatementAnalysis, Usage
+from warden.sql.model import CellAnalysis, ColumnRef, StatementAnalysis
 
 Action = Literal["allow", "mask", "hold", "deny"]
 _RANK: dict[str, int] = {"allow": 0, "mask": 1, "hold": 2, "deny": 3}
@@ -419,6 +419,3 @@ def _all_literal_spans(analysis: CellAnalysis) -> list[tuple[int, int]]:
         return [(0, len(analysis.sql))]
     return [(t.start, t.end + 1) for t in toks.tokens if t.token_type in LITERAL_TOKENS]
 
-
-def uses_of(st: StatementAnalysis, usage: Usage) -> frozenset[ColumnRef]:
-    return st.columns_used(usage)

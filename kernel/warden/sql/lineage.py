@@ -301,8 +301,6 @@ class QueryLineage:
             names = _alias_columns(expr) or [
                 f"column{i + 1}" for i in range(len(_first_row(expr)))
             ]
-            if record:
-                self._bind_values_literals(expr)
             return [OutputColumn(name) for name in names]
         if isinstance(expr, exp.Lateral):
             inner = scope.sources.get("")
@@ -621,10 +619,6 @@ class QueryLineage:
         flow = self._flow(node, scope, Usage.PREDICATE, record=False)
         if flow.sources:
             self.bind(literals, frozenset(flow.sources))
-
-    def _bind_values_literals(self, values: exp.Values) -> None:
-        # VALUES rows feeding an INSERT are bound by the statement analysis.
-        return
 
     def bind(self, literals: list[exp.Literal], columns: frozenset[ColumnRef]) -> None:
         for lit in literals:
