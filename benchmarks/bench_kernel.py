@@ -41,25 +41,13 @@ from jupyter_client.manager import KernelManager
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from bench_data import BIG_SQL, seed  # noqa: E402
 from gateway_harness import GatewayProcess  # noqa: E402
 from oidc_issuer import OIDCIssuer  # noqa: E402
 from pgserver import PostgresServer  # noqa: E402
 from warden.gateway.client import GatewayClient  # noqa: E402
 
 SMALL_SQL = "SELECT id, name FROM small WHERE id = 42"
-BIG_SQL = "SELECT id, email, h, amount, ts, bucket, region, flag FROM big"
-
-
-def seed(dsn: str, rows: int) -> None:
-    with psycopg.connect(dsn, autocommit=True) as con:
-        con.execute(
-            "CREATE TABLE big AS SELECT g AS id, 'user' || g || '@example.com' AS email, md5(g::text) AS h, "
-            "(g * 1.5)::float8 AS amount, now() AS ts, (g % 100) AS bucket, 'region' || (g % 5) AS region, "
-            f"g % 2 = 0 AS flag FROM generate_series(1, {rows}) g"
-        )
-        con.execute("CREATE TABLE small (id int PRIMARY KEY, name text)")
-        con.execute("INSERT INTO small SELECT g, 'n' || g FROM generate_series(1, 1000) g")
-        con.execute("ANALYZE")
 
 
 def write_spec(prefix: Path, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:

@@ -162,6 +162,9 @@ def create_app(gateway: Gateway, authenticate: Authenticate, *, audit_reader: An
         ev = gateway.base_event(who, {}, request.client.host if request.client else "")
         ev.update(type="audit.read", status="ok", sql=json.dumps(params, sort_keys=True))
         await run_in_threadpool(gateway.audit, [ev])
+        return await read_events(params)
+
+    async def read_events(params: dict[str, str]) -> Response:
         try:
             rows = await run_in_threadpool(audit_reader, params)
         except (ValueError, WardenError) as exc:
@@ -191,11 +194,7 @@ def create_app(gateway: Gateway, authenticate: Authenticate, *, audit_reader: An
             raise HTTPError(501, "not-configured", "this gateway has no audit reader")
         params = {k: v for k, v in request.query_params.items() if k in ("session_id", "since", "until", "type", "limit")}
         params["subject"] = who.subject
-        try:
-            rows = await run_in_threadpool(audit_reader, params)
-        except (ValueError, WardenError) as exc:
-            raise HTTPError(400, "bad-request", str(exc)) from None
-        return JSONResponse({"events": rows}, headers={"cache-control": "no-store"})
+        return await read_events(params)
 
     async def completions(request: Request) -> Response:
         who = await identity_of(request)
