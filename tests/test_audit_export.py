@@ -12,6 +12,7 @@ import pytest
 
 from test_audit_support import BACKENDS, SECRET, StoreEnv, draft, make_env
 from warden.audit import AuditError, derive_signing_key, export, public_key_pem, verify
+from warden.audit.checkpoint import key_id
 from warden.audit.cli import main
 
 PUBLIC = public_key_pem(derive_signing_key(SECRET))
@@ -44,7 +45,7 @@ def test_export_segments_verify(env: StoreEnv, fmt: str) -> None:
     assert manifest["chain_id"] == "gw-test" and manifest["first_seq"] == 11 and manifest["data_format"] == fmt
     report = verify(out, public_key=PUBLIC, checkpoints=env.tmp_path / "cps.jsonl")
     assert report.ok, report.format()
-    assert report.records == 30 and report.checkpoints_checked == 3
+    assert report.records == 30 and report.checkpoints_checked == 4, "10, 20, 30 and the close at 30"
 
 
 def test_export_since_starts_mid_chain(env: StoreEnv) -> None:
@@ -140,9 +141,12 @@ def test_cli_export_then_verify(env: StoreEnv, key_file: Path, capsys: pytest.Ca
 
 def test_cli_public_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     secret = tmp_path / "secret"
-    secret.write_bytes(SECRET + b"\n")
+    # A secret file is read byte for byte, as the gateway reads its secret_file.
+    secret.write_bytes(SECRET)
     assert main(["audit", "public-key", "--signing-key", str(secret)]) == 0
-    assert capsys.readouterr().out == PUBLIC
+    out = capsys.readouterr()
+    assert out.out == PUBLIC
+    assert f"key id {key_id(derive_signing_key(SECRET))}" in out.err
     assert main(["audit", "public-key", "--signing-key", str(tmp_path / "missing")]) == 2
 
 

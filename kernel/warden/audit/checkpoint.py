@@ -29,19 +29,45 @@ from warden.audit.record import canonical_json, format_time, parse_time
 _SIGNED_PREFIX = b"warden-audit-checkpoint-v1\n"
 _MANIFEST_PREFIX = b"warden-audit-segment-v1\n"
 _HKDF_INFO = b"warden-audit-checkpoint-signing-key-v1"
+_SECRET_LABEL = b"warden-checkpoint-key\x00"
+
+#: Checkpoint marks: a periodic/on-demand checkpoint has none; the store signs its head
+#: with ``open`` when a writer starts on a chain that has records, and with ``close``
+#: when it is closed cleanly. Records after a ``close`` checkpoint were not written by
+#: the gateway that closed the chain.
+MARKS = ("", "open", "close")
 
 #: What may be given as a signing key: the key itself, a PEM private key, or a secret
-#: (bytes/str) from which the key is derived with HKDF-SHA256.
+#: (bytes/str) from which the key is derived (:func:`derive_signing_key`).
 SigningKeyLike = Ed25519PrivateKey | bytes | str
 
 
 def derive_signing_key(secret: bytes | str) -> Ed25519PrivateKey:
-    """A deterministic Ed25519 key from a gateway secret (HKDF-SHA256, fixed info)."""
+    """The checkpoint signing key of a gateway secret: the one derivation every part
+    of warden uses (the gateway, ``warden audit public-key``, ``export``, tests).
+
+    ``HKDF-SHA256(sha256("warden-checkpoint-key\\0" || secret), info=...)``: the
+    labelled hash separates this key from the mask key derived from the same secret.
+    The secret is used byte for byte (a secret *file* is not stripped).
+    """
     raw = secret.encode("utf-8") if isinstance(secret, str) else bytes(secret)
     if len(raw) < 16:
         raise AuditConfigError("the audit signing secret must be at least 16 bytes long")
-    seed = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_HKDF_INFO).derive(raw)
+    labelled = hashlib.sha256(_SECRET_LABEL + raw).digest()
+    seed = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_HKDF_INFO).derive(labelled)
     return Ed25519PrivateKey.from_private_bytes(seed)
+
+
+def signing_key_from_file(path: str | Path) -> Ed25519PrivateKey:
+    """The signing key held in a file: a PEM Ed25519 private key, or a gateway secret
+    file (``secret_file``), read exactly as the gateway reads it."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise AuditConfigError(f"cannot read signing key file {path}: {exc.strerror}") from None
+    key = signing_key_from(raw)
+    assert key is not None
+    return key
 
 
 def signing_key_from(value: SigningKeyLike | None) -> Ed25519PrivateKey | None:
@@ -113,9 +139,10 @@ class Checkpoint:
     time: dt.datetime
     key_id: str
     signature: str
+    mark: str = ""  # "", "open" or "close" (see MARKS); signed
 
     def signed_bytes(self) -> bytes:
-        return checkpoint_message(self.chain_id, self.seq, self.record_hash, self.time)
+        return checkpoint_message(self.chain_id, self.seq, self.record_hash, self.time, self.mark)
 
     def verify(self, public_key: Ed25519PublicKey) -> bool:
         """True when ``signature`` is valid for ``public_key``."""
@@ -126,7 +153,7 @@ class Checkpoint:
         return True
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "chain_id": self.chain_id,
             "seq": self.seq,
             "record_hash": self.record_hash,
@@ -134,6 +161,9 @@ class Checkpoint:
             "key_id": self.key_id,
             "signature": self.signature,
         }
+        if self.mark:
+            out["mark"] = self.mark
+        return out
 
     def to_json(self) -> str:
         return canonical_json(self.to_dict())
@@ -148,26 +178,34 @@ class Checkpoint:
                 time=parse_time(d["time"]),
                 key_id=str(d.get("key_id") or ""),
                 signature=str(d.get("signature") or ""),
+                mark=str(d.get("mark") or ""),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise AuditConfigError(f"malformed checkpoint {d!r}: {exc}") from None
 
 
-def checkpoint_message(chain_id: str, seq: int, record_hash: str, time: dt.datetime) -> bytes:
-    body = canonical_json({"chain_id": chain_id, "record_hash": record_hash, "seq": seq, "time": format_time(time)})
-    return _SIGNED_PREFIX + body.encode("utf-8")
+def checkpoint_message(chain_id: str, seq: int, record_hash: str, time: dt.datetime, mark: str = "") -> bytes:
+    fields: dict[str, Any] = {"chain_id": chain_id, "record_hash": record_hash, "seq": seq, "time": format_time(time)}
+    if mark:  # unmarked checkpoints keep the original message (older signatures verify)
+        fields["mark"] = mark
+    return _SIGNED_PREFIX + canonical_json(fields).encode("utf-8")
 
 
-def sign_checkpoint(key: Ed25519PrivateKey, chain_id: str, seq: int, record_hash: str, time: dt.datetime) -> Checkpoint:
+def sign_checkpoint(key: Ed25519PrivateKey, chain_id: str, seq: int, record_hash: str, time: dt.datetime, mark: str = "") -> Checkpoint:
+    if mark not in MARKS:
+        raise ValueError(f"checkpoint mark must be one of {MARKS}, not {mark!r}")
     # Times are stored with microseconds only; sign exactly what will be read back.
     time = parse_time(format_time(time).replace("Z", "+00:00"))
-    signature = key.sign(checkpoint_message(chain_id, seq, record_hash, time)).hex()
-    return Checkpoint(chain_id, seq, record_hash, time, key_id(key), signature)
+    signature = key.sign(checkpoint_message(chain_id, seq, record_hash, time, mark)).hex()
+    return Checkpoint(chain_id, seq, record_hash, time, key_id(key), signature, mark)
 
 
 def append_checkpoint_file(path: str | Path, checkpoint: Checkpoint) -> None:
-    """Append one checkpoint as a JSON line and fsync (the "separate place")."""
-    with open(path, "a", encoding="utf-8") as fh:
+    """Append one checkpoint as a JSON line and fsync (the "separate place").
+
+    Opened append-only and created 0600: the file is evidence, not for other users."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "a", encoding="utf-8") as fh:
         fh.write(checkpoint.to_json() + "\n")
         fh.flush()
         os.fsync(fh.fileno())

@@ -38,8 +38,12 @@ def register(subparsers: Any) -> None:
         description="Verify an audit store (URL) or a directory of exported segments. Exit 0 when intact, 1 when not.",
     )
     v.add_argument("--store", default=os.environ.get(STORE_ENV), help=f"store URL (duckdb:///path or postgresql://...) or export directory; default ${STORE_ENV}")
-    v.add_argument("--checkpoints", metavar="FILE", help="JSONL file of signed checkpoints kept outside the store")
-    v.add_argument("--public-key", metavar="FILE", help="PEM public key that signed the checkpoints/manifests")
+    v.add_argument(
+        "--checkpoints", metavar="FILE", action="append",
+        help="JSONL file of signed checkpoints kept outside the store (repeat for several replicas); each must also be in the store",
+    )  # fmt: skip
+    v.add_argument("--public-key", metavar="FILE", help="PEM public key that signed the checkpoints/manifests (from `warden audit public-key`)")
+    v.add_argument("--strict", action="store_true", help="records after the last signed checkpoint are an error (verify a stopped gateway's store)")
     v.add_argument("--json", action="store_true", help="machine-readable report")
     v.set_defaults(func=_verify)
 
@@ -52,8 +56,15 @@ def register(subparsers: Any) -> None:
     e.add_argument("--signing-key", metavar="FILE", help="file with the PEM Ed25519 private key or the gateway secret")
     e.set_defaults(func=_export)
 
-    k = actions.add_parser("public-key", help="print the public key (PEM) that verifies checkpoints and manifests", description="Derive the checkpoint public key from the gateway's signing key or secret.")
-    k.add_argument("--signing-key", required=True, metavar="FILE", help="file with the PEM Ed25519 private key or the gateway secret")
+    k = actions.add_parser(
+        "public-key",
+        help="print the public key (PEM) that verifies checkpoints and manifests",
+        description="Print the checkpoint public key of a gateway: from its config (--config, which names its secret_file), "
+        "a key or secret file (--signing-key), or, with no argument, the local gateway's. The key id goes to stderr.",
+    )
+    src = k.add_mutually_exclusive_group()
+    src.add_argument("--config", metavar="YAML", help="the gateway's config file; its secret_file is read the way the gateway reads it")
+    src.add_argument("--signing-key", metavar="FILE", help="file with the PEM Ed25519 private key or the gateway secret (secret_file)")
     k.set_defaults(func=_public_key)
 
 
@@ -73,7 +84,7 @@ def _verify(args: argparse.Namespace) -> int:
     if not args.store:
         return _fail(f"audit verify needs --store (or ${STORE_ENV})")
     try:
-        report = verify(args.store, checkpoints=args.checkpoints, public_key=Path(args.public_key) if args.public_key else None)
+        report = verify(args.store, checkpoints=args.checkpoints, public_key=Path(args.public_key) if args.public_key else None, strict=args.strict)
     except WardenError as exc:
         return _fail(str(exc))
     print(report_json(report) if args.json else report.format())
@@ -93,13 +104,10 @@ def _export(args: argparse.Namespace) -> int:
             return _fail(f"--since {args.since!r} is not an ISO-8601 time (e.g. 2024-05-01T00:00:00Z)")
         if since.tzinfo is None:
             since = since.replace(tzinfo=dt.UTC)
-    key: bytes | None = None
-    if args.signing_key:
-        try:
-            key = Path(args.signing_key).read_bytes().strip()
-        except OSError as exc:
-            return _fail(f"cannot read --signing-key {args.signing_key}: {exc.strerror}")
+    from warden.audit.checkpoint import signing_key_from_file
+
     try:
+        key = signing_key_from_file(args.signing_key) if args.signing_key else None
         segments = export(args.store, args.out, args.format, since, chain_id=args.chain, signing_key=key)
     except WardenError as exc:
         return _fail(str(exc))
@@ -111,17 +119,34 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _public_key(args: argparse.Namespace) -> int:
-    from warden.audit.checkpoint import public_key_pem, signing_key_from
+    from warden.audit.checkpoint import key_id, public_key_pem, signing_key_from_file
 
     try:
-        key = signing_key_from(Path(args.signing_key).read_bytes().strip())
-    except OSError as exc:
-        return _fail(f"cannot read --signing-key {args.signing_key}: {exc.strerror}")
+        if args.signing_key:
+            key = signing_key_from_file(args.signing_key)
+        else:
+            key = signing_key_from_file(_secret_file(args.config))
     except WardenError as exc:
         return _fail(str(exc))
-    assert key is not None
     print(public_key_pem(key), end="")
+    print(f"key id {key_id(key)}", file=sys.stderr)
     return EXIT_OK
+
+
+def _secret_file(config_path: str | None) -> Path:
+    """The secret file of a gateway config, or of the local gateway (no config given):
+    the same settings the gateway itself loads. Never creates a secret."""
+    from warden.audit.errors import AuditConfigError
+    from warden.gateway.config import load_config
+
+    if config_path is None:
+        from warden.gateway.local import local_config_path
+
+        config_path = str(local_config_path())
+    secret = load_config(config_path).secret_file
+    if not secret.is_file():
+        raise AuditConfigError(f"the gateway's secret_file {secret} does not exist (has that gateway ever run?)")
+    return secret
 
 
 def main(argv: Sequence[str] | None = None) -> int:

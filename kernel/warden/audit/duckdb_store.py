@@ -194,15 +194,18 @@ class DuckDBStore(AuditStore):
         con.execute("UPDATE audit_chains SET last_seq = ?, last_hash = ?, updated_at = ? WHERE chain_id = ?", [seq, record_hash, now, self.chain_id])
 
     def _insert_checkpoint(self, con: duckdb.DuckDBPyConnection, cp: Checkpoint) -> None:
-        con.execute("INSERT INTO audit_checkpoints VALUES (?, ?, ?, ?, ?, ?)", [cp.chain_id, cp.seq, cp.record_hash, cp.time, cp.key_id, cp.signature])
+        con.execute(
+            "INSERT INTO audit_checkpoints (chain_id, seq, record_hash, checkpoint_time, key_id, signature, mark) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [cp.chain_id, cp.seq, cp.record_hash, cp.time, cp.key_id, cp.signature, cp.mark],
+        )
 
-    def _commit_checkpoint(self, now: dt.datetime) -> Checkpoint | None:
+    def _commit_checkpoint(self, now: dt.datetime, mark: str = "") -> Checkpoint | None:
         con = self._db
         assert con is not None
         seq, h = self._committed_head
         if seq == 0:
             return None
-        cp = self._sign(seq, h, now)
+        cp = self._sign(seq, h, now, mark)
         con.execute("BEGIN TRANSACTION")
         self._insert_checkpoint(con, cp)
         self._save_head(con, seq, h, now)

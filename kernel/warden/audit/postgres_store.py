@@ -26,7 +26,13 @@ from psycopg.rows import dict_row
 from warden.audit.checkpoint import Checkpoint
 from warden.audit.errors import AuditConfigError, AuditUnavailable
 from warden.audit.record import FIELD_KINDS, FIELDS, AuditEvent, genesis_hash
-from warden.audit.schema import COLUMN_LIST, POSTGRES_TRIGGERS, SCHEMA_VERSION, postgres_ddl
+from warden.audit.schema import (
+    COLUMN_LIST,
+    POSTGRES_MARK_COLUMN,
+    POSTGRES_TRIGGERS,
+    SCHEMA_VERSION,
+    postgres_ddl,
+)
 from warden.audit.store import (
     AuditStore,
     _Batch,
@@ -56,6 +62,7 @@ _SCHEMA_LOCK = 0x77617264656E  # pg_advisory_xact_lock key ("warden") serialisin
 class PostgresStore(AuditStore):
     kind = "postgresql"
     _ph = "%s"
+    exact_head = True
 
     def __init__(self, dsn: str, *, connect_timeout: float = 5.0, lock_timeout: float = 10.0, **options: Any) -> None:
         super().__init__(dsn, **options)
@@ -105,6 +112,11 @@ class PostgresStore(AuditStore):
             cur.execute("SELECT pg_advisory_xact_lock(%s)", [_SCHEMA_LOCK])
             for stmt in postgres_ddl():
                 cur.execute(stmt)  # DDL from constants
+            cur.execute(
+                "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = 'audit_checkpoints' AND column_name = 'mark'"
+            )
+            if cur.fetchone() is None:
+                cur.execute(POSTGRES_MARK_COLUMN)
             for name, create in POSTGRES_TRIGGERS.items():
                 cur.execute("SELECT 1 FROM pg_trigger WHERE tgname = %s AND tgrelid = 'audit_events'::regclass", [name])
                 if cur.fetchone() is None:
@@ -224,11 +236,11 @@ class PostgresStore(AuditStore):
 
     def _insert_checkpoint(self, cur: psycopg.Cursor[Any], cp: Checkpoint) -> None:
         cur.execute(
-            "INSERT INTO audit_checkpoints VALUES (%s, %s, %s, %s, %s, %s)",
-            [cp.chain_id, cp.seq, cp.record_hash, cp.time, cp.key_id, cp.signature],
+            "INSERT INTO audit_checkpoints (chain_id, seq, record_hash, checkpoint_time, key_id, signature, mark) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            [cp.chain_id, cp.seq, cp.record_hash, cp.time, cp.key_id, cp.signature, cp.mark],
         )
 
-    def _commit_checkpoint(self, now: dt.datetime) -> Checkpoint | None:
+    def _commit_checkpoint(self, now: dt.datetime, mark: str = "") -> Checkpoint | None:
         conn = self._conn
         assert conn is not None
         with conn.cursor() as cur:
@@ -236,7 +248,7 @@ class PostgresStore(AuditStore):
             if seq == 0:
                 conn.rollback()
                 return None
-            cp = self._sign(seq, h, now)
+            cp = self._sign(seq, h, now, mark)
             self._insert_checkpoint(cur, cp)
         conn.commit()
         return cp

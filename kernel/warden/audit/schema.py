@@ -8,7 +8,8 @@ Tables (both backends, same names and columns):
                          ``::jsonb`` / ``json(...)`` to query into them.
 - ``audit_chains``       the head of every chain (last seq and hash); the writer locks
                          its row for the duration of each batch transaction.
-- ``audit_checkpoints``  signed checkpoints.
+- ``audit_checkpoints``  signed checkpoints (``mark``: '' periodic, ``open`` when a
+                         writer started on the chain, ``close`` at a clean close).
 - ``audit_keys``         public keys that signed checkpoints (convenience only: an
                          auditor should pass the key out of band).
 - ``audit_meta``         ``schema_version``.
@@ -60,7 +61,9 @@ def duckdb_ddl() -> list[str]:
         "CREATE TABLE IF NOT EXISTS audit_meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)",
         f"CREATE TABLE IF NOT EXISTS audit_events (\n  {_columns(_DUCKDB_TYPES)}\n)",
         "CREATE TABLE IF NOT EXISTS audit_chains (chain_id VARCHAR PRIMARY KEY, last_seq BIGINT NOT NULL, last_hash VARCHAR NOT NULL, updated_at TIMESTAMPTZ)",
-        "CREATE TABLE IF NOT EXISTS audit_checkpoints (chain_id VARCHAR NOT NULL, seq BIGINT NOT NULL, record_hash VARCHAR NOT NULL, checkpoint_time TIMESTAMPTZ NOT NULL, key_id VARCHAR NOT NULL, signature VARCHAR NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS audit_checkpoints (chain_id VARCHAR NOT NULL, seq BIGINT NOT NULL, record_hash VARCHAR NOT NULL, checkpoint_time TIMESTAMPTZ NOT NULL, key_id VARCHAR NOT NULL, signature VARCHAR NOT NULL, mark VARCHAR NOT NULL DEFAULT '')",
+        # Stores made before checkpoint marks (open/close) existed get the column.
+        "ALTER TABLE audit_checkpoints ADD COLUMN IF NOT EXISTS mark VARCHAR DEFAULT ''",
         "CREATE TABLE IF NOT EXISTS audit_keys (key_id VARCHAR PRIMARY KEY, public_key VARCHAR NOT NULL, first_seen TIMESTAMPTZ)",
     ]
 
@@ -71,7 +74,7 @@ def postgres_ddl() -> list[str]:
         f"CREATE TABLE IF NOT EXISTS audit_events (\n  {_columns(_PG_TYPES)},\n  PRIMARY KEY (chain_id, seq)\n)",
         "CREATE INDEX IF NOT EXISTS audit_events_time ON audit_events (event_time)",
         "CREATE TABLE IF NOT EXISTS audit_chains (chain_id text PRIMARY KEY, last_seq bigint NOT NULL, last_hash text NOT NULL, updated_at timestamptz)",
-        "CREATE TABLE IF NOT EXISTS audit_checkpoints (chain_id text NOT NULL, seq bigint NOT NULL, record_hash text NOT NULL, checkpoint_time timestamptz NOT NULL, key_id text NOT NULL, signature text NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS audit_checkpoints (chain_id text NOT NULL, seq bigint NOT NULL, record_hash text NOT NULL, checkpoint_time timestamptz NOT NULL, key_id text NOT NULL, signature text NOT NULL, mark text NOT NULL DEFAULT '')",
         "CREATE INDEX IF NOT EXISTS audit_checkpoints_chain ON audit_checkpoints (chain_id, seq)",
         "CREATE TABLE IF NOT EXISTS audit_keys (key_id text PRIMARY KEY, public_key text NOT NULL, first_seen timestamptz)",
         # Defence in depth: the table is append-only for everyone who cannot disable
@@ -82,6 +85,10 @@ BEGIN
 END $$""",
     ]
 
+
+#: Run only when the column is missing (ALTER TABLE locks the table exclusively even
+#: when it has nothing to do): stores made before checkpoint marks existed.
+POSTGRES_MARK_COLUMN: Final = "ALTER TABLE audit_checkpoints ADD COLUMN mark text NOT NULL DEFAULT ''"
 
 #: Created only when missing (a DROP/CREATE at every start would take an exclusive lock
 #: on the table while other replicas are writing).

@@ -181,6 +181,9 @@ class AuditStore(ABC):
     kind: str = "?"
     #: Parameter placeholder of the backend's SQL driver.
     _ph: str = "?"
+    #: Whether the audit_chains head row moves with every batch (PostgreSQL) rather
+    #: than only at checkpoints and close (DuckDB); verify relies on it.
+    exact_head: bool = False
 
     def __init__(
         self,
@@ -229,6 +232,10 @@ class AuditStore(ABC):
         if self.read_only:
             return
         self._open_writer()  # fail fast (AuditUnavailable) if the store cannot be opened
+        if self._key is not None and self._committed_head[0]:
+            # Sign "a writer resumed here": records after a ``close`` checkpoint are then
+            # the new writer's, not an appended forgery (verify tells them apart).
+            self._write_checkpoint_now(mark="open")
         self._writer = threading.Thread(target=self._run, name=f"warden-audit-writer-{self.chain_id}", daemon=True)
         self._writer.start()
 
@@ -460,14 +467,18 @@ class AuditStore(ABC):
 
     def checkpoints(self, chain_id: str | None = None) -> list[Checkpoint]:
         """Checkpoints recorded in the store, by chain and seq."""
-        sql = "SELECT chain_id, seq, record_hash, checkpoint_time, key_id, signature FROM audit_checkpoints"
-        params: list[Any] = []
+        where, params = "", []
         if chain_id is not None:
-            sql += f" WHERE chain_id = {self._ph}"
+            where = f" WHERE chain_id = {self._ph}"
             params.append(chain_id)
-        rows = self._fetch_rows(sql + " ORDER BY chain_id, seq, checkpoint_time", params)
+        tail = where + " ORDER BY chain_id, seq, checkpoint_time"
+        try:
+            rows = self._fetch_rows("SELECT chain_id, seq, record_hash, checkpoint_time, key_id, signature, mark FROM audit_checkpoints" + tail, params)
+        except AuditUnavailable:
+            # A store written before checkpoint marks existed, opened read-only.
+            rows = self._fetch_rows("SELECT chain_id, seq, record_hash, checkpoint_time, key_id, signature, '' AS mark FROM audit_checkpoints" + tail, params)
         return [
-            Checkpoint(r["chain_id"], int(r["seq"]), r["record_hash"], parse_time(r["checkpoint_time"]), r["key_id"], r["signature"])
+            Checkpoint(r["chain_id"], int(r["seq"]), r["record_hash"], parse_time(r["checkpoint_time"]), r["key_id"], r["signature"], str(r["mark"] or ""))
             for r in rows
         ]
 
@@ -597,8 +608,10 @@ class AuditStore(ABC):
                 if self._since_checkpoint and self._checkpoint_wait() == 0.0:
                     self._write_checkpoint_now()
             else:  # stop
-                if self._since_checkpoint and self._key is not None:
-                    self._write_checkpoint_now()
+                if self._key is not None:
+                    # Always, even with nothing new since the last one: a ``close``
+                    # checkpoint tells verify the chain ends here (clean shutdown).
+                    self._write_checkpoint_now(mark="close")
                 self._finish()
                 return True
         except Exception:  # pragma: no cover - a bug; keep the writer alive, callers get errors
@@ -722,16 +735,16 @@ class AuditStore(ABC):
             time.monotonic() - self._last_checkpoint >= self.checkpoint_interval
         )
 
-    def _sign(self, seq: int, record_hash: str, now: dt.datetime) -> Checkpoint:
+    def _sign(self, seq: int, record_hash: str, now: dt.datetime, mark: str = "") -> Checkpoint:
         assert self._key is not None
-        return sign_checkpoint(self._key, self.chain_id, seq, record_hash, now)
+        return sign_checkpoint(self._key, self.chain_id, seq, record_hash, now, mark)
 
-    def _write_checkpoint_now(self, *, raise_errors: bool = False) -> Checkpoint | None:
+    def _write_checkpoint_now(self, *, raise_errors: bool = False, mark: str = "") -> Checkpoint | None:
         if self._key is None:
             return None
         try:
             self._ensure_writer()
-            cp = self._commit_checkpoint(utcnow())
+            cp = self._commit_checkpoint(utcnow(), mark)
         except Exception as exc:
             self._writer_failed(exc)
             message = f"cannot write an audit checkpoint to {self.describe()}: {_first_line(exc)}"
@@ -773,8 +786,8 @@ class AuditStore(ABC):
         if not None, move the head, commit. Return the checkpoint written."""
 
     @abstractmethod
-    def _commit_checkpoint(self, now: dt.datetime) -> Checkpoint | None:
-        """One transaction: lock head, sign it, insert the checkpoint, commit."""
+    def _commit_checkpoint(self, now: dt.datetime, mark: str = "") -> Checkpoint | None:
+        """One transaction: lock head, sign it (with ``mark``), insert the checkpoint, commit."""
 
     @abstractmethod
     def _is_outage(self, exc: BaseException) -> bool:

@@ -26,6 +26,15 @@ checkpoint_mismatch  the record at a checkpoint's seq has another hash than the
 bad_signature        a checkpoint or segment manifest is not validly signed by
                      the trusted key
 segment_modified     an exported data file differs from its manifest
+checkpoint_missing   a checkpoint of the external file (the copy kept outside the
+                     store) is not in the store: checkpoints were deleted there
+unsealed             records after the last signed checkpoint, when the chain was
+                     closed cleanly (a signed ``close`` checkpoint) or under
+                     ``strict``; otherwise the tail is only a warning (a running
+                     or crashed gateway has one)
+head_mismatch        the chain-head row is behind the last record where it must
+                     not be (PostgreSQL, or a chain closed cleanly): records were
+                     appended without the gateway
 ==================== ===========================================================
 
 A chain that was rewritten from some record onwards *with all hashes recomputed* is
@@ -70,6 +79,9 @@ KINDS = (
     "checkpoint_mismatch",
     "bad_signature",
     "segment_modified",
+    "checkpoint_missing",
+    "unsealed",
+    "head_mismatch",
 )
 
 
@@ -96,6 +108,9 @@ class ChainSummary:
     last_seq: int | None = None
     last_hash: str | None = None
     checkpoints_ok: int = 0
+    sealed_seq: int | None = None  # seq of the last valid checkpoint
+    unsealed: int = 0  # records after it
+    closed: bool = False  # the last valid checkpoint is a clean-close one
 
 
 @dataclass
@@ -108,6 +123,8 @@ class VerifyReport:
     checkpoints_checked: int = 0
     signatures_checked: bool = False
     warnings: list[str] = field(default_factory=list)
+    trusted_key_id: str | None = None
+    strict: bool = False
 
     @property
     def ok(self) -> bool:
@@ -135,8 +152,10 @@ class VerifyReport:
         lines = [f"audit verify {self.source}: {head}"]
         for c in self.chains.values():
             span = f"seq {c.first_seq}..{c.last_seq}" if c.records else "empty"
-            lines.append(f"  chain {c.chain_id}: {c.records} record(s), {span}, {c.checkpoints_ok} checkpoint(s) ok")
-        lines.append(f"  checkpoints checked: {self.checkpoints_checked}; signatures {'verified' if self.signatures_checked else 'NOT verified'}")
+            sealed = "no signed checkpoint" if c.sealed_seq is None else f"sealed to seq {c.sealed_seq}{' (closed cleanly)' if c.closed else ''}"
+            lines.append(f"  chain {c.chain_id}: {c.records} record(s), {span}, {c.checkpoints_ok} checkpoint(s) ok, {sealed}, {c.unsealed} unsealed")
+        key = f" with key {self.trusted_key_id}" if self.trusted_key_id else ""
+        lines.append(f"  checkpoints checked: {self.checkpoints_checked}; signatures {'verified' + key if self.signatures_checked else 'NOT verified'}")
         lines += [f"  warning: {w}" for w in self.warnings]
         lines += [f"  {i}" for i in self.issues]
         return "\n".join(lines)
@@ -150,6 +169,9 @@ class VerifyReport:
             "chains": {k: asdict(v) for k, v in self.chains.items()},
             "checkpoints_checked": self.checkpoints_checked,
             "signatures_checked": self.signatures_checked,
+            "trusted_key_id": self.trusted_key_id,
+            "strict": self.strict,
+            "unsealed": sum(c.unsealed for c in self.chains.values()),
             "warnings": list(self.warnings),
         }
 
@@ -157,23 +179,30 @@ class VerifyReport:
 # --------------------------------------------------------------------------- entry point
 
 
+CheckpointSource = str | Path | Iterable[Checkpoint] | Iterable[str | Path]
+
+
 def verify(
     store_or_url: AuditStore | str | Path,
     *,
-    checkpoints: str | Path | Iterable[Checkpoint] | None = None,
+    checkpoints: CheckpointSource | None = None,
     public_key: Ed25519PublicKey | str | bytes | Path | None = None,
+    strict: bool = False,
 ) -> VerifyReport:
     """Verify a store (object or URL) or a directory/manifest of exported segments.
 
-    ``checkpoints``: a JSONL checkpoint file (the copy kept outside the store) or
-    Checkpoint objects; the store's own checkpoint table is always used too.
+    ``checkpoints``: JSONL checkpoint file(s) (the copy kept outside the store) or
+    Checkpoint objects; the store's own checkpoint table is always used too, and every
+    external checkpoint must also be in the store.
     ``public_key``: the trusted checkpoint/manifest key (PEM text/bytes/file or key).
     Without it, keys recorded in the store are used and the report says so.
+    ``strict``: records after the last signed checkpoint are an error even when the
+    chain was not closed cleanly (use it on a stopped gateway's store).
     """
     key = load_public_key(public_key) if public_key is not None else None
     extra = _load_checkpoints(checkpoints)
     if isinstance(store_or_url, AuditStore):
-        return _verify_store(store_or_url, extra, key)
+        return _verify_store(store_or_url, extra, key, strict=strict)
     path = Path(store_or_url) if not str(store_or_url).startswith(("duckdb://", "postgresql://", "postgres://")) else None
     if path is not None and (path.is_dir() or path.name.endswith(".manifest.json")):
         from warden.audit.export import verify_segments
@@ -181,37 +210,110 @@ def verify(
         return verify_segments(path, checkpoints=extra, public_key=key)
     store = open_store(store_or_url, read_only=True)
     try:
-        return _verify_store(store, extra, key)
+        return _verify_store(store, extra, key, strict=strict)
     finally:
         store.close()
 
 
-def _load_checkpoints(checkpoints: str | Path | Iterable[Checkpoint] | None) -> list[Checkpoint]:
+def _load_checkpoints(checkpoints: CheckpointSource | None) -> list[Checkpoint]:
     if checkpoints is None:
         return []
     if isinstance(checkpoints, str | Path):
         return read_checkpoint_file(checkpoints)
-    return list(checkpoints)
+    out: list[Checkpoint] = []
+    for item in checkpoints:
+        if isinstance(item, Checkpoint):
+            out.append(item)
+        else:  # several files: one per replica, or rotated copies
+            out.extend(read_checkpoint_file(item))
+    return out
 
 
-def _verify_store(store: AuditStore, extra: list[Checkpoint], key: Ed25519PublicKey | None) -> VerifyReport:
-    report = VerifyReport(source=store.describe())
-    cps = list(iter_checkpoints(store.checkpoints() + extra))
+def _verify_store(store: AuditStore, extra: list[Checkpoint], key: Ed25519PublicKey | None, *, strict: bool = False) -> VerifyReport:
+    report = VerifyReport(source=store.describe(), strict=strict)
+    stored = store.checkpoints()
+    cps = list(iter_checkpoints(stored + extra))
     keys = _trusted_keys(report, key, store.stored_public_keys() if cps else {})
     good = _check_signatures(report, cps, keys)
+    _check_external(report, stored, extra, good)
+    # Heads are read before the walk (a live writer only moves them forward, so a head
+    # beyond the last record read is a truncation) and again after it (a head behind
+    # the last record read is then an append that bypassed the gateway).
     heads = {h.chain_id: h for h in store.chains()}
     chains = sorted(set(store.chain_ids()) | {cp.chain_id for cp in good})
+    checkers: dict[str, ChainChecker] = {}
     for chain_id in chains:
-        wanted = {cp.seq for cp in good if cp.chain_id == chain_id}
+        chain_cps = [cp for cp in good if cp.chain_id == chain_id]
+        wanted = {cp.seq for cp in chain_cps}
         rows = (row for page in store._read_chain_pages(chain_id, 1, None, 5000) for row in page)
         checker = ChainChecker(chain_id, report, start_seq=1, start_prev=genesis_hash(chain_id), capture=wanted)
         checker.run(rows)
+        checkers[chain_id] = checker
         head = heads.get(chain_id)
         if head is not None:
             checker.check_head(head.last_seq, head.last_hash)
-        _check_checkpoints(report, checker, [cp for cp in good if cp.chain_id == chain_id])
+        _check_checkpoints(report, checker, chain_cps)
+        _check_tail(report, checker, chain_cps, strict=strict)
+    heads_after = {h.chain_id: h for h in store.chains()}
+    for chain_id, checker in checkers.items():
+        head = heads_after.get(chain_id)
+        if head is not None and (store.exact_head or checker.summary.closed):
+            checker.check_head_behind(head.last_seq)
     report.issues.sort(key=lambda i: (i.chain_id, i.seq if i.seq is not None else -1, KINDS.index(i.kind) if i.kind in KINDS else 99))
     return report
+
+
+def _check_external(report: VerifyReport, stored: list[Checkpoint], extra: list[Checkpoint], good: list[Checkpoint]) -> None:
+    """Every validly signed checkpoint of the outside copy must be in the store too:
+    the store gets each one first (the file is appended after the commit)."""
+    if not extra:
+        return
+    have = {(cp.chain_id, cp.seq, cp.signature) for cp in stored}
+    valid = {(cp.chain_id, cp.seq, cp.signature) for cp in good}
+    missing = [cp for cp in iter_checkpoints(extra) if (cp.chain_id, cp.seq, cp.signature) in valid - have]
+    for cp in missing:
+        what = f"{cp.mark} checkpoint" if cp.mark else "checkpoint"
+        report.issues.append(
+            Issue(
+                "checkpoint_missing",
+                cp.chain_id,
+                cp.seq,
+                f"the {what} signed at {cp.time.isoformat()} for seq {cp.seq} is in the external checkpoint file "
+                "but not in the store: checkpoints were deleted from the store",
+            )
+        )
+
+
+def _check_tail(report: VerifyReport, checker: ChainChecker, cps: list[Checkpoint], *, strict: bool) -> None:
+    """Records after the last valid checkpoint: no signature covers them yet."""
+    summary = checker.summary
+    last = checker.last_seq or 0
+    final = max(cps, key=lambda c: (c.seq, c.time), default=None)
+    summary.sealed_seq = final.seq if final is not None else None
+    summary.closed = final is not None and final.mark == "close"
+    sealed = final.seq if final is not None else 0
+    summary.unsealed = max(0, last - sealed)
+    if not summary.unsealed:
+        return
+    first = sealed + 1
+    n = summary.unsealed
+    if summary.closed:
+        assert final is not None
+        checker._issue(
+            "unsealed",
+            first,
+            f"{n} record(s) after seq {sealed}, where the gateway closed the chain cleanly (signed close checkpoint at "
+            f"{final.time.isoformat()}), and no gateway signed it open again: they were appended afterwards, not by the gateway",
+            last,
+        )
+    elif strict:
+        where = f"the last signed checkpoint (seq {sealed})" if final is not None else "the start: no signed checkpoint covers this chain"
+        checker._issue("unsealed", first, f"{n} record(s) after {where} are not covered by any signature (--strict)", last)
+    else:
+        report.warnings.append(
+            f"chain {checker.chain_id}: {n} record(s) (seq {first}..{last}) after the last signed checkpoint are unsealed; "
+            "normal while its gateway runs or after a crash. Stop the gateway cleanly and verify with --strict to cover them"
+        )
 
 
 def _trusted_keys(report: VerifyReport, key: Ed25519PublicKey | None, stored: Mapping[str, str]) -> dict[str, Ed25519PublicKey]:
@@ -219,6 +321,7 @@ def _trusted_keys(report: VerifyReport, key: Ed25519PublicKey | None, stored: Ma
 
     if key is not None:
         report.signatures_checked = True
+        report.trusted_key_id = key_id(key)
         return {key_id(key): key}
     if stored:
         report.warnings.append(
@@ -246,7 +349,10 @@ def _check_signatures(report: VerifyReport, cps: list[Checkpoint], keys: Mapping
     for cp in cps:
         k = keys.get(cp.key_id)
         if k is None:
-            report.issues.append(Issue("bad_signature", cp.chain_id, cp.seq, f"checkpoint signed by key {cp.key_id or '(none)'}, which is not the trusted key"))
+            trusted = ", ".join(sorted(keys))
+            report.issues.append(
+                Issue("bad_signature", cp.chain_id, cp.seq, f"checkpoint signed by key {cp.key_id or '(none)'}, which is not the trusted key ({trusted})")
+            )
         elif not cp.verify(k):
             report.issues.append(Issue("bad_signature", cp.chain_id, cp.seq, f"checkpoint signature is invalid (key {cp.key_id}); it was forged or altered"))
         else:
@@ -256,10 +362,14 @@ def _check_signatures(report: VerifyReport, cps: list[Checkpoint], keys: Mapping
 
 def _check_checkpoints(report: VerifyReport, checker: ChainChecker, cps: list[Checkpoint]) -> None:
     summary = report.chains.setdefault(checker.chain_id, ChainSummary(checker.chain_id))
+    failed: set[int] = set()  # one issue per seq (a periodic and a close checkpoint may share one)
     for cp in sorted(cps, key=lambda c: c.seq):
         report.checkpoints_checked += 1
         last = checker.last_seq
+        if cp.seq in failed:
+            continue
         if last is None or cp.seq > last:
+            failed.add(cp.seq)
             start = (last or 0) + 1
             report.issues.append(
                 Issue(
@@ -272,6 +382,7 @@ def _check_checkpoints(report: VerifyReport, checker: ChainChecker, cps: list[Ch
                 )
             )
         elif checker.captured.get(cp.seq) != cp.record_hash:
+            failed.add(cp.seq)
             report.issues.append(
                 Issue(
                     "checkpoint_mismatch",
@@ -483,6 +594,19 @@ class ChainChecker:
             self._issue("truncated", last + 1, f"the chain head records seq {head_seq} but the chain ends at {last}", head_seq)
         elif head_seq == last and last and head_hash != self.last_hash and last not in self.flagged:
             self._issue("edited", last, f"the chain head records another hash for seq {last}: the last record was replaced")
+
+    def check_head_behind(self, head_seq: int) -> None:
+        """Where the head row must be current, a last record beyond it was not written
+        by the gateway (which moves the head in the same transaction, or at close)."""
+        last = self.last_seq or 0
+        if head_seq < last:
+            self._issue(
+                "head_mismatch",
+                head_seq + 1,
+                f"the chain head row says the chain ends at seq {head_seq}, but records run to {last}: "
+                f"seq {head_seq + 1}..{last} were appended without moving the head",
+                last,
+            )
 
 
 def _groups_by_seq(rows: Iterable[Mapping[str, Any]]) -> Iterator[list[Mapping[str, Any]]]:

@@ -166,7 +166,7 @@ def config_from_mapping(data: dict[str, Any], *, base: Path, path: Path | None =
         audit_store=audit_store,
         checkpoint_every=int(audit.get("checkpoint_every", 1000)),
         checkpoint_seconds=float(audit.get("checkpoint_seconds", 60)),
-        checkpoint_file=str(_resolve(base, str(audit["checkpoint_file"]))) if audit.get("checkpoint_file") else "",
+        checkpoint_file=_checkpoint_file(audit, base, state_dir, mode),
         approvals_store=approvals_store,
         approval_ttl_seconds=int(approvals.get("ttl_seconds", 3600)),
         approval_uses=int(approvals.get("uses", 1)),
@@ -178,6 +178,14 @@ def config_from_mapping(data: dict[str, Any], *, base: Path, path: Path | None =
         capture=capture,
         raw=data,
     )
+
+
+def _checkpoint_file(audit: dict[str, Any], base: Path, state_dir: Path, mode: str) -> str:
+    if audit.get("checkpoint_file"):
+        return str(_resolve(base, str(audit["checkpoint_file"])))
+    # Local mode keeps a copy of every checkpoint outside the DuckDB file by default:
+    # store-only verify cannot see a truncation or a store rebuilt without checkpoints.
+    return str(state_dir / "checkpoints.jsonl") if mode == "local" else ""
 
 
 def _section(data: dict[str, Any], name: str) -> dict[str, Any]:

@@ -64,6 +64,19 @@ def local_config(data: Path, run: Path) -> dict[str, object]:
     }
 
 
+def local_config_path(*, data_dir: str | None = None) -> Path:
+    """The local gateway's config file, written where the local gateway writes it
+    (``<runtime dir>/warden/gateway.yaml``) when it is missing, without starting it."""
+    from warden.demo import data_dir as demo_data_dir
+
+    run = runtime_dir()
+    config = run / "gateway.yaml"
+    if not config.exists():
+        run.mkdir(parents=True, exist_ok=True, mode=0o700)
+        config.write_text(yaml.safe_dump(local_config(demo_data_dir(data_dir), run)))
+    return config
+
+
 def _healthy(sock: Path) -> bool:
     if not sock.exists():
         return False

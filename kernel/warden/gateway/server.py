@@ -253,11 +253,10 @@ def _json_default(value: Any) -> str:
 
 
 def _store_options(config: GatewayConfig) -> dict[str, Any]:
-    import hashlib
-
     opts: dict[str, Any] = {
-        # The checkpoint signing key derives from the gateway secret (never stored apart).
-        "signing_key": hashlib.sha256(b"warden-checkpoint-key\x00" + config.secret()).digest(),
+        # The store derives the checkpoint key from the secret with derive_signing_key,
+        # the same function `warden audit public-key` uses (never stored apart).
+        "signing_key": config.secret(),
         "checkpoint_every": config.checkpoint_every,
         "checkpoint_interval": config.checkpoint_seconds,
     }
