@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -88,38 +88,120 @@ def test_capture_sample_and_none(make: Any) -> None:
     assert not ev["result_fingerprint"] and not ev["capture_ref"]
 
 
-class _Hook(BaseHTTPRequestHandler):
-    received: list[dict[str, Any]] = []
+class Receiver:
+    """A loopback webhook receiver: keeps the JSON bodies it accepted, in arrival order.
+    Attempts for which ``fails(attempt number)`` is true get a 503 (not kept). Tests
+    wait on its condition."""
 
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["content-length"]))
-        _Hook.received.append(json.loads(body))
-        self.send_response(204)
-        self.end_headers()
+    def __init__(self, fails: Callable[[int], bool] = lambda n: False) -> None:
+        self.received: list[dict[str, Any]] = []
+        self.attempts = 0
+        self.fails = fails
+        self.cond = threading.Condition()
+        receiver = self
 
-    def log_message(self, *args: Any) -> None:
-        return
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                with receiver.cond:
+                    receiver.attempts += 1
+                    failing = receiver.fails(receiver.attempts)
+                    if not failing:
+                        receiver.received.append(body)
+                    receiver.cond.notify_all()
+                self.send_response(503 if failing else 204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def wait_for(self, n: int, timeout: float = 20.0) -> list[dict[str, Any]]:
+        with self.cond:
+            assert self.cond.wait_for(lambda: len(self.received) >= n, timeout), f"{len(self.received)} of {n} webhooks arrived in {timeout}s"
+            return list(self.received)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
-def test_webhook_hears_request_and_decision(make: Any) -> None:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def test_webhook_hears_request_and_decision(make: Any, receiver: Receiver) -> None:
+    b = make(approvals={"webhook": receiver.url})
+    held = run(b, EVE, "UPDATE orders SET amount = amount")
+    assert held.status == "held"
+    approval_id = held.body["approval"]["id"]
+    b.gateway.decide_approval(BOB, approval_id, approve=False, reason="not today")
+    got = receiver.wait_for(2)
+    assert [(m["event"], m["approval"]["id"]) for m in got] == [("approval.requested", approval_id), ("approval.rejected", approval_id)]
+    assert [m["delivery_seq"] for m in got] == [1, 2] and len({m["delivery_id"] for m in got}) == 2
+    assert last_event(b, "approval.rejected")["approver"] == "bob"
+
+
+def test_webhook_retries_a_failing_receiver_in_order(make: Any) -> None:
+    receiver = Receiver(lambda n: n <= 3)  # the receiver is down for the first three attempts
     try:
-        b = make(approvals={"webhook": f"http://127.0.0.1:{server.server_port}/hook"})
-        held = run(b, EVE, "UPDATE orders SET amount = amount")
-        assert held.status == "held"
-        approval_id = held.body["approval"]["id"]
-        b.gateway.decide_approval(BOB, approval_id, approve=False, reason="not today")
-        import time
-
-        deadline = time.monotonic() + 10
-        while len(_Hook.received) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        events = [m["event"] for m in _Hook.received if m["approval"]["id"] == approval_id]
-        assert events == ["approval.requested", "approval.rejected"]
-        assert last_event(b, "approval.rejected")["approver"] == "bob"
+        b = make(approvals={"webhook": receiver.url})
+        ids = []
+        for sql in ("UPDATE orders SET amount = amount", "DELETE FROM orders"):
+            held = run(b, EVE, sql)
+            assert held.status == "held"
+            ids.append(held.body["approval"]["id"])
+        b.gateway.decide_approval(BOB, ids[0], approve=True, reason="ok")
+        got = receiver.wait_for(3)
+        assert [(m["event"], m["approval"]["id"]) for m in got] == [
+            ("approval.requested", ids[0]),
+            ("approval.requested", ids[1]),
+            ("approval.granted", ids[0]),
+        ], "the retried head was not overtaken"
+        assert [m["delivery_seq"] for m in got] == [1, 2, 3]
+        assert receiver.attempts == 3 + 3
     finally:
-        server.shutdown()
+        receiver.close()
+
+
+def test_webhook_queue_is_bounded_and_close_drains_for_a_bounded_time() -> None:
+    import time
+
+    from warden.gateway.webhooks import WebhookQueue
+
+    # In order, each once, through intermittent failures (every third attempt refused).
+    flaky = Receiver(lambda n: n % 3 == 0)
+    try:
+        q = WebhookQueue(flaky.url, backoff=0.01)
+        for i in range(30):
+            assert q.enqueue({"event": "e", "n": i})
+        got = flaky.wait_for(30)
+        assert [m["n"] for m in got] == list(range(30)) and q.wait_idle(5)
+        assert q.stats.delivered == 30 and q.stats.failed == 0 and q.stats.attempts > 30
+        q.close()
+    finally:
+        flaky.close()
+
+    # A receiver that never answers well: the queue stays bounded, close returns in time.
+    down = Receiver(lambda n: True)
+    try:
+        q = WebhookQueue(down.url, max_queue=3, backoff=0.05, attempts=1000, timeout=2)
+        assert all(q.enqueue({"event": "e", "n": i}) for i in range(3))
+        assert not q.enqueue({"event": "e", "n": 3}), "a full queue refuses"
+        started = time.monotonic()
+        q.close(drain_seconds=0.5)
+        assert time.monotonic() - started < 0.5 + 2 + 1.5
+        assert q.stats.failed + q.stats.dropped == 4 and q.stats.delivered == 0
+        assert not q.enqueue({"event": "late"})
+    finally:
+        down.close()
 
 
 def test_expired_approval_is_refused(tmp_path: Path) -> None:

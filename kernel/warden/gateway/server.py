@@ -143,7 +143,10 @@ class Built:
     token: str  # local mode: the bearer token kernels present ("" otherwise)
 
     def close(self) -> None:
+        from warden.gateway.webhooks import close_webhooks
+
         self.gateway.close()
+        close_webhooks(self.gateway)  # after the drain: running cells may still notify
         self.flush()
         with contextlib.suppress(Exception):
             self.store.close()

@@ -371,18 +371,13 @@ class Gateway:
         return CellOutcome("held", body, http_status=202)
 
     def notify(self, event: str, approval: Approval) -> None:
-        """POST a JSON notification to the configured webhook, in the background."""
-        url = self.config.approval_webhook
-        if not url:
+        """Queue a JSON notification for the configured webhook: one ordered delivery
+        queue per gateway, with bounded retries (gateway/webhooks.py)."""
+        if not self.config.approval_webhook:
             return
+        from warden.gateway.webhooks import webhooks_for
 
-        def send() -> None:
-            import httpx
-
-            with contextlib.suppress(Exception):
-                httpx.post(url, json={"event": event, "approval": approval.to_json(), "gateway_id": self.config.gateway_id}, timeout=5)
-
-        threading.Thread(target=send, daemon=True).start()
+        webhooks_for(self).enqueue({"event": event, "approval": approval.to_json(), "gateway_id": self.config.gateway_id})
 
     def can_approve(self, identity: Identity) -> bool:
         a = self.policy.approvers
