@@ -65,6 +65,8 @@ class StatementResult:
     rows: int = 0
     truncated: bool = False
     rowcount: int = -1
+    #: the content detectors' findings: column, position, detector, rows (never a value)
+    detectors: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -209,6 +211,7 @@ def _read_cell(chunks: Iterator[bytes]) -> CellResult:
                         current.table = pa.ipc.open_stream(bytes(ipc)).read_all()
                     current.rows, current.truncated = end["rows"], end["truncated"]
                     current.rowcount = end.get("rowcount", -1)
+                    current.detectors = list(end.get("detectors", []) or [])
                     statements.append(current)
                 current = None
             elif kind == b"X":

@@ -22,13 +22,18 @@ from typing import Any
 import pyarrow as pa
 
 from warden.errors import WardenError
+from warden.gateway.errors_redact import redact_db_error
 
 
 class ExecutionError(WardenError):
-    """The database refused or failed a statement. The message is the database's own."""
+    """The database refused or failed a statement, or the gateway stopped it (fail closed).
 
-    def __init__(self, message: str, *, code: str = "execution-failed") -> None:
+    A database's own text arrives here only redacted (``errors_redact``): errors are data.
+    """
+
+    def __init__(self, message: str, *, code: str = "execution-failed", sqlstate: str | None = None) -> None:
         self.code = code
+        self.sqlstate = sqlstate
         super().__init__(message)
 
 
@@ -116,7 +121,7 @@ class DuckDBExecutor(Executor):
                 return ExecutionError(f"statement timeout ({limits.statement_timeout_ms} ms) reached", code="timeout")
             if isinstance(exc, duckdb.InterruptException) or cancel.is_set():
                 return Cancelled()
-            return ExecutionError(str(exc).splitlines()[0])
+            return ExecutionError(redact_db_error(str(exc)))
 
         try:
             if not returns_rows:
@@ -281,6 +286,23 @@ class PostgresExecutor(Executor):
                     raise ExecutionError(_pg_message(exc), code="unavailable") from None
                 raise _pg_error(exc, cancel) from None
         assert watcher is not None
+        if any(_has_struct(f.type) for f in reader.schema):
+            # ADBC cannot decode composite values (a whole row, ROW(...), a record-returning
+            # function): it fails on the first row ("Expected nested record type to have 13
+            # fields but got 7"). Such a result is read again through psycopg, composites as
+            # JSON text. Only a plain SELECT is run twice; anything else is refused.
+            watcher.stop()
+            with contextlib.suppress(Exception):
+                reader.close()
+                cur.close()
+            self._adbc_put(con, broken=True)
+            if not retry_safe:
+                raise ExecutionError(
+                    "this statement returns composite (row) values, which the gateway reads only for a plain SELECT; "
+                    "return the fields one by one, or to_jsonb(...) of the row",
+                    code="composite-unsupported",
+                )
+            return self._query_text(sql, params, limits, cancel, reader.schema)
 
         def batches() -> Iterator[pa.RecordBatch]:
             try:
@@ -306,6 +328,80 @@ class PostgresExecutor(Executor):
 
         return StatementResult(reader.schema, batches(), close=close)
 
+    def _query_text(
+        self, sql: str, params: Sequence[Any], limits: Limits, cancel: threading.Event, adbc_schema: pa.Schema
+    ) -> StatementResult:
+        """A query read through psycopg in text form, for results ADBC cannot decode.
+
+        Composite columns come back as JSON text (``{"id": "1", "email": "…"}``: field names
+        from the catalog, ``f1``… for an anonymous record, each field PostgreSQL's text of
+        it); other columns keep their type where the text converts exactly (integers,
+        booleans, text), else they are text. A server-side cursor streams the rows.
+        """
+        import psycopg
+
+        conn = self._pool.getconn()
+        watcher = _Watcher(cancel, conn.cancel_safe if hasattr(conn, "cancel_safe") else conn.cancel)
+        state = {"broken": False}
+        try:
+            conn.execute(f"SET LOCAL statement_timeout = {int(limits.statement_timeout_ms)}")
+            if limits.read_only:
+                conn.execute("SET TRANSACTION READ ONLY")
+            cur = psycopg.RawServerCursor(conn, "warden_text_result")
+            cur.adapters.register_loader("text", _text_loader())
+            for info in psycopg.postgres.types:
+                cur.adapters.register_loader(info.oid, _text_loader())
+                if info.array_oid:
+                    cur.adapters.register_loader(info.array_oid, _text_loader())
+            cur.execute(sql, list(params) if params else None)
+            desc = cur.description or []
+            oids = [d.type_code for d in desc]
+            layout = _composite_fields(conn, oids)
+            schema = pa.schema([pa.field(d.name, _text_arrow_type(adbc_schema, i, oids[i] in layout)) for i, d in enumerate(desc)])
+        except psycopg.errors.QueryCanceled:
+            watcher.stop()
+            self._release(conn, broken=True)
+            raise Cancelled() if cancel.is_set() else ExecutionError("canceling statement due to statement timeout", code="timeout") from None
+        except psycopg.Error as exc:
+            watcher.stop()
+            self._release(conn, broken=True)
+            raise ExecutionError(_pg_message(exc), sqlstate=_sqlstate(exc)) from None
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            try:
+                while True:
+                    if cancel.is_set():
+                        raise Cancelled()
+                    rows = cur.fetchmany(8192)
+                    if not rows:
+                        return
+                    arrays = [_text_column([r[i] for r in rows], schema.field(i).type, layout.get(oids[i], False)) for i in range(len(oids))]
+                    yield pa.RecordBatch.from_arrays(arrays, schema=schema)
+            except psycopg.errors.QueryCanceled:
+                state["broken"] = True
+                raise Cancelled() if cancel.is_set() else ExecutionError("canceling statement due to statement timeout", code="timeout") from None
+            except psycopg.Error as exc:
+                state["broken"] = True
+                raise ExecutionError(_pg_message(exc), sqlstate=_sqlstate(exc)) from None
+
+        def close() -> None:
+            watcher.stop()
+            try:
+                cur.close()
+            except Exception:
+                state["broken"] = True
+            self._release(conn, broken=state["broken"] or cancel.is_set())
+
+        return StatementResult(schema, batches(), close=close)
+
+    def _release(self, conn: Any, *, broken: bool) -> None:
+        with contextlib.suppress(Exception):
+            conn.rollback()  # the read ran in a transaction of its own; nothing to keep
+        if broken:
+            with contextlib.suppress(Exception):
+                conn.close()
+        self._pool.putconn(conn)
+
     def _command(self, sql: str, params: Sequence[Any], limits: Limits, cancel: threading.Event) -> StatementResult:
         import psycopg
 
@@ -324,7 +420,7 @@ class PostgresExecutor(Executor):
             except psycopg.errors.QueryCanceled:
                 raise Cancelled() if cancel.is_set() else ExecutionError("canceling statement due to statement timeout", code="timeout") from None
             except psycopg.Error as exc:
-                raise ExecutionError(_pg_message(exc)) from None
+                raise ExecutionError(_pg_message(exc), sqlstate=_sqlstate(exc)) from None
             finally:
                 watcher.stop()
         if rows is not None:
@@ -361,6 +457,111 @@ class PostgresExecutor(Executor):
             self._applied.clear()
 
 
+def _has_struct(t: pa.DataType) -> bool:
+    """Whether an Arrow type holds a struct anywhere (PostgreSQL composites arrive so)."""
+    if isinstance(t, pa.BaseExtensionType):
+        return _has_struct(t.storage_type)
+    if pa.types.is_struct(t):
+        return True
+    return any(_has_struct(t.field(i).type) for i in range(t.num_fields)) if t.num_fields else False
+
+
+def _text_loader() -> Any:
+    from psycopg.types.string import TextLoader
+
+    return TextLoader
+
+
+_RECORD_OID = 2249
+
+
+def _composite_fields(conn: Any, oids: Sequence[int]) -> dict[int, list[str] | None]:
+    """For each composite type among ``oids``: its field names (None: an anonymous record)."""
+    out: dict[int, list[str] | None] = {oid: None for oid in oids if oid == _RECORD_OID}
+    wanted = sorted({oid for oid in oids if oid != _RECORD_OID})
+    if not wanted:
+        return out
+    rows = conn.execute(
+        "SELECT t.oid::int, array_agg(a.attname::text ORDER BY a.attnum) FROM pg_type t "
+        "JOIN pg_attribute a ON a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped "
+        "WHERE t.typtype = 'c' AND t.oid = ANY(%s) GROUP BY t.oid",
+        (wanted,),
+    ).fetchall()
+    for oid, names in rows:
+        out[int(oid)] = list(names)
+    return out
+
+
+def _text_arrow_type(adbc_schema: pa.Schema, i: int, composite: bool) -> pa.DataType:
+    t = adbc_schema.field(i).type if i < len(adbc_schema) else pa.string()
+    if composite:
+        return pa.string()  # JSON text
+    if pa.types.is_integer(t) or pa.types.is_boolean(t):
+        return t
+    return pa.string()
+
+
+def _text_column(values: list[Any], t: pa.DataType, fields: list[str] | bool | None = False) -> pa.Array:
+    """One column of a text-form result as Arrow (see ``_query_text``)."""
+    import json
+
+    if fields is not False:
+        out: list[str | None] = []
+        for v in values:
+            if v is None:
+                out.append(None)
+                continue
+            parsed = parse_record(str(v))
+            names = fields if isinstance(fields, list) and len(fields) == len(parsed) else [f"f{k + 1}" for k in range(len(parsed))]
+            out.append(json.dumps(dict(zip(names, parsed, strict=True)), ensure_ascii=False))
+        return pa.array(out, type=pa.string())
+    if pa.types.is_boolean(t):
+        return pa.array([None if v is None else v == "t" for v in values], type=t)
+    if pa.types.is_integer(t):
+        return pa.array([None if v is None else int(v) for v in values], type=t)
+    return pa.array([None if v is None else str(v) for v in values], type=pa.string())
+
+
+def parse_record(text: str) -> list[str | None]:
+    """The fields of PostgreSQL's text form of a composite value, ``(1,"a b",,x)``.
+
+    Unquoted fields run to the next comma (an empty one is NULL); quoted fields may hold
+    commas, doubled quotes and backslash escapes. Nested composites stay as their text.
+    """
+    if len(text) < 2 or text[0] != "(" or text[-1] != ")":
+        raise ValueError("not a composite value")
+    s, n, i = text[1:-1], len(text) - 2, 0
+    fields: list[str | None] = []
+    while True:
+        if i < n and s[i] == '"':
+            buf: list[str] = []
+            i += 1
+            while i < n:
+                c = s[i]
+                if c == "\\" and i + 1 < n:
+                    buf.append(s[i + 1])
+                    i += 2
+                elif c == '"':
+                    if i + 1 < n and s[i + 1] == '"':
+                        buf.append('"')
+                        i += 2
+                    else:
+                        i += 1
+                        break
+                else:
+                    buf.append(c)
+                    i += 1
+            fields.append("".join(buf))
+        else:
+            j = s.find(",", i)
+            j = n if j < 0 else j
+            fields.append(s[i:j] or None)
+            i = j
+        if i >= n:
+            return fields
+        i += 1  # the comma
+
+
 def _returns_rows(sql: str) -> bool:
     head = sql.lstrip().lstrip("(").split(None, 1)[0].upper() if sql.strip() else ""
     return head in ("SELECT", "WITH", "VALUES", "TABLE", "SHOW", "EXPLAIN")
@@ -373,21 +574,32 @@ def _connection_lost(exc: BaseException) -> bool:
 
 
 def _pg_error(exc: BaseException, cancel: threading.Event) -> ExecutionError:
-    message = _pg_message(exc)
-    if "statement timeout" in message:
-        return ExecutionError(message, code="timeout")
-    if cancel.is_set() or "canceling statement" in message:
+    raw = _pg_text(exc)
+    if "statement timeout" in raw:
+        return ExecutionError("canceling statement due to statement timeout", code="timeout", sqlstate="57014")
+    if cancel.is_set() or "canceling statement" in raw:
         return Cancelled()
-    return ExecutionError(message)
+    return ExecutionError(_pg_message(exc), sqlstate=_sqlstate(exc))
 
 
-def _pg_message(exc: BaseException) -> str:
+def _pg_text(exc: BaseException) -> str:
+    """The database's own text of an error (all its lines), without ADBC's prefix."""
     text = str(exc).strip()
-    # ADBC prefixes its own context; keep the database's sentence.
     for marker in ("ERROR:", "FATAL:"):
         if marker in text:
             text = text.split(marker, 1)[1]
-    return text.splitlines()[0].strip() if text else type(exc).__name__
+    return text.strip() or type(exc).__name__
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    # psycopg and ADBC both carry it; an error read from Arrow's stream (OSError) does not.
+    state = getattr(exc, "sqlstate", None)
+    return state if isinstance(state, str) and state else None
+
+
+def _pg_message(exc: BaseException) -> str:
+    """The redacted message of a PostgreSQL error: errors are data (``errors_redact``)."""
+    return redact_db_error(_pg_text(exc), sqlstate=_sqlstate(exc))
 
 
 class _Watchdog:

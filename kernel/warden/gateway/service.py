@@ -26,6 +26,7 @@ from warden import __version__
 from warden.errors import WardenError
 from warden.gateway.approvals import Approval, ApprovalError, ApprovalStore
 from warden.gateway.config import GatewayConfig
+from warden.gateway.errors_redact import redact_db_error
 from warden.gateway.execute import (
     DuckDBExecutor,
     ExecutionError,
@@ -34,7 +35,8 @@ from warden.gateway.execute import (
     PostgresExecutor,
 )
 from warden.gateway.frames import json_frame
-from warden.masking.detectors import scan_and_mask
+from warden.gateway.shape import check_result_shape
+from warden.masking.detectors import scan_and_mask_values
 from warden.masking.operators import mask_array
 from warden.policy.conditions import Deferred, parse_condition
 from warden.policy.engine import (
@@ -502,8 +504,12 @@ class Gateway:
                 result = executor.run(sql, params, limits, cancel, returns_rows=returns_rows, retry_safe=st.kind == "select")
                 rows = size = 0
                 truncated = False
+                found: dict[tuple[int, str, str], int] = {}
                 try:
                     schema = result.schema
+                    # What the database returns must be what the analysis predicted, before
+                    # anything of it is framed: masks are applied by position.
+                    check_result_shape(st, schema, analysis.dialect, masks)
                     yield json_frame(b"S", {
                         "index": st.index, "kind": st.kind,
                         "columns": [f.name for f in schema] if schema is not None else [],
@@ -520,7 +526,7 @@ class Gateway:
                         sink = io.BytesIO()
                         writer: Any = None
                         for batch in _prefetch(result.batches):
-                            batch = self._mask_batch(batch, masks, detectors_fired, st.index)
+                            batch = self._mask_batch(batch, masks, found, st.index)
                             if limits.max_rows and rows + batch.num_rows > limits.max_rows:
                                 batch = batch.slice(0, limits.max_rows - rows)
                                 truncated = True
@@ -566,17 +572,24 @@ class Gateway:
                         cancel.clear()
                 total_rows += rows
                 total_bytes += size
+                # The second net's findings go with the statement (column, detector, rows;
+                # never a value), so the kernel marks those columns as masked.
+                findings = [{"statement": st.index, "position": pos, "column": col, "detector": det, "rows": n}
+                            for (pos, col, det), n in found.items()]  # fmt: skip
+                detectors_fired.extend(findings)
                 yield json_frame(b"E", {"index": st.index, "rows": rows, "bytes": size, "truncated": truncated,
-                                        "rowcount": result.rowcount if schema is None else rows})  # fmt: skip
+                                        "rowcount": result.rowcount if schema is None else rows, "detectors": findings})  # fmt: skip
         except ExecutionError as exc:
+            # Database text in ``exc`` is redacted already (errors_redact): errors are data.
             status, error = ("cancelled" if exc.code == "cancelled" else "failed"), str(exc)
-            yield json_frame(b"X", {"code": exc.code, "message": str(exc)})
+            yield json_frame(b"X", {"code": exc.code, "message": str(exc), "sqlstate": exc.sqlstate})
         except GeneratorExit:
             status, error = "cancelled", "the client went away"
             cancel.set()
             raise
         except Exception as exc:
-            status, error = "failed", f"{type(exc).__name__}: {str(exc)[:300]}"
+            # A driver's or Arrow's text may quote a value as well: redacted like the database's.
+            status, error = "failed", f"{type(exc).__name__}: {redact_db_error(str(exc)[:300])}"
             yield json_frame(b"X", {"code": "internal", "message": error})
         finally:
             with self._lock:
@@ -603,23 +616,38 @@ class Gateway:
                 yield json_frame(b"T", {"status": status, "rows": total_rows, "bytes": total_bytes,
                                         "duration_ms": done["duration_ms"], "event_id": completion_id, "query_id": query_id})  # fmt: skip
 
-    def _mask_batch(self, batch: pa.RecordBatch, masks: dict[int, Any], fired: list[dict[str, Any]], index: int) -> pa.RecordBatch:
+    def _mask_batch(self, batch: pa.RecordBatch, masks: dict[int, Any], found: dict[tuple[int, str, str], int], index: int) -> pa.RecordBatch:
         columns = list(batch.columns)
-        for pos, m in masks.items():
-            if m.operator.kind == "sql" or pos >= len(columns):
-                continue  # applied in the query
-            columns[pos] = mask_array(columns[pos], m.operator, key=self.mask_key)
         names = batch.schema.names
-        masked = pa.RecordBatch.from_arrays(columns, names=names)
-        # Second net: detectors on string columns lineage left unclassified.
-        candidates = [n for i, n in enumerate(names) if i not in masks and (pa.types.is_string(masked.schema.field(i).type) or pa.types.is_large_string(masked.schema.field(i).type))]
-        if candidates:
-            table, findings = scan_and_mask(pa.Table.from_batches([masked]), candidates)
-            for f in findings:
-                fired.append({"statement": index, "column": f.column, "detector": f.detector, "rows": f.rows})
-            batches = table.combine_chunks().to_batches()
-            if batches:
-                masked = batches[0]
+        try:
+            for pos, m in masks.items():
+                if pos >= len(columns):  # check_result_shape stops this earlier; never pass it
+                    raise ExecutionError(f"statement {index + 1}: a mask applies to column {pos + 1}, which the result does not have", code="result-shape-mismatch")
+                if m.operator.kind == "sql":
+                    continue  # applied in the query
+                columns[pos] = mask_array(columns[pos], m.operator, key=self.mask_key)
+            masked = pa.RecordBatch.from_arrays(columns, names=names)
+            # Second net: detectors on every textual rendering (strings, json, xml, bytes,
+            # lists, structs, maps) of the columns lineage left unmasked.
+            candidates = [i for i in range(len(names)) if i not in masks]
+            if candidates:
+                table, findings = scan_and_mask_values(pa.Table.from_batches([masked]), candidates)
+                for f in findings:
+                    key = (f.position if f.position is not None else -1, f.column, f.detector)
+                    found[key] = found.get(key, 0) + f.rows
+                if findings:
+                    batches = table.combine_chunks().to_batches()
+                    if batches:
+                        masked = batches[0]
+        except ExecutionError:
+            raise
+        except (pa.ArrowException, ValueError, TypeError) as exc:
+            # Fail closed: a value that cannot be masked is not sent at all.
+            raise ExecutionError(
+                f"[fail-closed/mask] statement {index + 1}: a result column could not be masked ({type(exc).__name__}); "
+                "nothing more of this statement was sent. Cast nested or binary columns to text in the query.",
+                code="mask-failed",
+            ) from None
         return masked
 
     # -- lifecycle ------------------------------------------------------------------------

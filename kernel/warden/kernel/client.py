@@ -306,6 +306,7 @@ class CellStream:
                             current.table = pa.ipc.open_stream(pa.py_buffer(data)).read_all()
                         current.rows, current.truncated = end.get("rows", 0), bool(end.get("truncated"))
                         current.rowcount = end.get("rowcount", -1)
+                        current.detectors = list(end.get("detectors", []) or [])
                         extras = {k: v for k, v in end.items() if k not in ("index", "rows", "truncated", "rowcount")}
                         self.statement_meta[current.index] = {**current_meta, **extras}
                         statements.append(current)

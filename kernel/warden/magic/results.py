@@ -45,12 +45,25 @@ def statement_info(
             "rules": list(m.get("rules", []) or []),
             "position": m.get("position"),
         }
-    detectors = list(meta.get("detectors", []) or [])
+    detectors = list(meta.get("detectors", []) or st.detectors or [])
     for d in detectors:
+        # A column the second net masked is marked like a lineage mask, the detector(s)
+        # being the reason; lineage-masked columns are never scanned, so none collide.
         name = str(d.get("column", ""))
-        if name and name not in masked:
-            masked[name] = {"operator": f"detector:{d.get('detector')}", "classifications": [], "rules": [],
-                            "detector": d.get("detector"), "position": None}  # fmt: skip
+        if not name:
+            continue
+        entry = masked.get(name)
+        if entry is not None and "detectors" not in entry:
+            continue  # a lineage mask of a column of the same name (another position): kept
+        if entry is None:
+            entry = masked[name] = {"operator": "", "classifications": [], "rules": [], "detector": "",
+                                    "detectors": [], "rows": 0, "position": d.get("position")}  # fmt: skip
+        if d.get("detector") not in entry["detectors"]:
+            entry["detectors"].append(d.get("detector"))
+        entry["rows"] += int(d.get("rows", 0) or 0)
+        entry["detector"] = ", ".join(map(str, entry["detectors"]))
+        entry["operator"] = "detector:" + ",".join(map(str, entry["detectors"]))
+        entry["reason"] = f"content detector {entry['detector']} found values in {entry['rows']} row(s)"
     header, trailer = cell.header, cell.trailer
     return {
         "connection": connection,

@@ -19,6 +19,7 @@ token may contain ``@``-free look-alikes of other things), IBAN and card before 
 from __future__ import annotations
 
 import functools
+import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["DETECTORS", "Finding", "scan_and_mask"]
+__all__ = ["DETECTORS", "Finding", "scan_and_mask", "scan_and_mask_values"]
 
 DETECTORS: Final = ("secret", "email", "iban", "card", "ssn", "phone")
 
@@ -40,6 +41,7 @@ class Finding:
     column: str
     detector: str
     rows: int
+    position: int | None = None  # the column's position in the result, when known
 
 
 # --------------------------------------------------------------------------- validators
@@ -491,3 +493,188 @@ def _python_masking(det: _Detector, rows: Any) -> tuple[Any, Any]:
 
 def _falses(n: int) -> Any:
     return pa.array(np.zeros(n, dtype=bool))
+
+
+# --------------------------------------------------------------------------- every rendering
+
+
+def scan_and_mask_values(
+    table: pa.Table,
+    positions: Sequence[int],
+    *,
+    detectors: Sequence[str] | None = None,
+) -> tuple[pa.Table, tuple[Finding, ...]]:
+    """The second net over every textual rendering, by column position.
+
+    ``scan_and_mask`` reads string columns only. A result can carry the same text as JSON
+    or XML (strings or Arrow extension types over strings or bytes), as bytes, or inside
+    lists, structs and maps. Here:
+
+    * strings and extension types over strings (json, jsonb): matched substrings are
+      replaced, the type is kept;
+    * bytes (bytea, BLOB, xml): scanned as UTF-8 (invalid bytes replaced); a row with a
+      hit gets its masked text back as bytes (a fixed-size binary: null);
+    * lists, structs, maps (and unions): every string or byte leaf is scanned; a row with a
+      hit anywhere inside is masked as a whole (null), since a part of a composite value
+      cannot be masked without changing its type.
+
+    Columns are addressed by position (a result may repeat a name). Numbers, dates and
+    booleans are not text and are left alone. Each ``Finding`` carries the column's
+    position; ``rows`` counts the rows the detector changed.
+    """
+    chosen = _chosen_detectors(detectors)
+    findings: list[Finding] = []
+    for i in positions:
+        col = table.column(i)
+        name = table.schema.field(i).name
+        kind = _rendering(col.type)
+        if kind is None or not chosen:
+            continue
+        counts: dict[str, int] = {}
+        chunks = []
+        for chunk in col.chunks:
+            masked, hits = _scan_rendering(chunk, kind, chosen)
+            chunks.append(masked)
+            for det, n in hits.items():
+                counts[det] = counts.get(det, 0) + n
+        fired = [Finding(name, d.name, counts[d.name], i) for d in chosen if counts.get(d.name)]
+        if fired:
+            findings.extend(fired)
+            table = table.set_column(i, table.schema.field(i), pa.chunked_array(chunks, type=col.type))
+    return table, tuple(findings)
+
+
+def _storage_type(t: Any) -> Any:
+    return t.storage_type if isinstance(t, pa.BaseExtensionType) else t
+
+
+def _is_binary_like(t: Any) -> bool:
+    return bool(
+        pa.types.is_binary(t)
+        or pa.types.is_large_binary(t)
+        or pa.types.is_binary_view(t)
+        or pa.types.is_fixed_size_binary(t)
+    )
+
+
+def _rendering(t: Any) -> str | None:
+    """How a column of type ``t`` carries text: "text", "bytes", "nested" or None."""
+    s = _storage_type(t)
+    if _is_text_like(s):  # dictionaries of strings too: each distinct value scanned once
+        return "text"
+    if _is_binary_like(s):
+        return "bytes"
+    if pa.types.is_dictionary(s) or pa.types.is_nested(s) or pa.types.is_union(s):
+        return "nested" if _has_text_leaf(s) else None
+    return None
+
+
+def _has_text_leaf(t: Any) -> bool:
+    s = _storage_type(t)
+    if pa.types.is_dictionary(s):
+        return _has_text_leaf(s.value_type)
+    if _is_text_like(s) or _is_binary_like(s):
+        return True
+    return any(_has_text_leaf(s.field(k).type) for k in range(s.num_fields)) if s.num_fields else False
+
+
+def _as_text(a: Any) -> Any:
+    """A large_string array with the text of string or byte values (invalid UTF-8 replaced)."""
+    if isinstance(a.type, pa.BaseExtensionType):
+        a = a.storage
+    if pa.types.is_dictionary(a.type):
+        a = a.dictionary_decode()
+    if _is_text_like(a.type):
+        return a.cast(pa.large_string())
+    try:
+        return a.cast(pa.large_binary()).cast(pa.large_string())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return pa.array(
+            [None if v is None else bytes(v).decode("utf-8", "replace") for v in a.to_pylist()],
+            type=pa.large_string(),
+        )
+
+
+def _scan_rendering(a: Any, kind: str, chosen: list[_Detector]) -> tuple[Any, dict[str, int]]:
+    if kind == "text":
+        storage = a.storage if isinstance(a.type, pa.BaseExtensionType) else a
+        masked, hits = _scan_chunk(storage, chosen)
+        if isinstance(a.type, pa.BaseExtensionType):
+            masked = pa.ExtensionArray.from_storage(a.type, masked)
+        return masked, hits
+    if kind == "bytes":
+        masked_text, changed = _scan_values(_as_text(a), chosen)
+        if not changed:
+            return a, {}
+        rows = _any_rows(changed, len(a))
+        storage = a.storage if isinstance(a.type, pa.BaseExtensionType) else a
+        if pa.types.is_fixed_size_binary(storage.type):
+            replacement = pa.nulls(len(a), type=storage.type)
+        else:
+            replacement = masked_text.cast(pa.large_binary()).cast(storage.type)
+        out = pc.if_else(rows, replacement, storage)
+        if isinstance(a.type, pa.BaseExtensionType):
+            out = pa.ExtensionArray.from_storage(a.type, out)
+        return out, _count(changed)
+    # nested: scan each text leaf, map leaf hits back to rows, null the rows hit.
+    per_det: dict[str, Any] = {}
+    for leaf, rows_of in _leaves(a, pa.array(np.arange(len(a), dtype=np.int64))):
+        if len(leaf) == 0:
+            continue
+        _, changed = _scan_values(_as_text(leaf), chosen)
+        for det, mask in changed.items():
+            hit = np.zeros(len(a), dtype=bool)
+            hit[pc.filter(rows_of, mask).to_numpy(zero_copy_only=False)] = True
+            per_det[det] = hit if det not in per_det else per_det[det] | hit
+    if not per_det:
+        return a, {}
+    rows_hit = np.zeros(len(a), dtype=bool)
+    for hit in per_det.values():
+        rows_hit |= hit
+    if pa.types.is_union(_storage_type(a.type)):
+        # A union has no validity bitmap to null one row with: refuse rather than pass it.
+        raise ValueError("a union-typed column holds text a content detector recognises; it cannot be masked in place")
+    keep = pa.array(~rows_hit)
+    out = pc.if_else(keep, a, pa.nulls(len(a), type=a.type))
+    return out, {det: int(hit.sum()) for det, hit in per_det.items()}
+
+
+def _any_rows(changed: dict[str, Any], n: int) -> Any:
+    rows = _falses(n)
+    for mask in changed.values():
+        rows = pc.or_(rows, mask)
+    return rows
+
+
+def _leaves(a: Any, rows: Any) -> Any:
+    """(leaf array, the top-level row of each leaf value) for every string or byte leaf."""
+    if isinstance(a.type, pa.BaseExtensionType):
+        a = a.storage
+    t = a.type
+    if pa.types.is_dictionary(t):
+        yield from _leaves(a.dictionary_decode(), rows)
+    elif _is_text_like(t) or _is_binary_like(t):
+        yield a, rows
+    elif pa.types.is_struct(t):
+        for child in a.flatten():
+            yield from _leaves(child, rows)
+    elif pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_map(t):
+        # The child values each row spans, by the offsets (a null row spans none or junk
+        # that is scanned too: a hit there nulls a row that is null already).
+        offsets = a.offsets.to_numpy(zero_copy_only=False).astype(np.int64)
+        values = a.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
+        parents = np.repeat(np.arange(len(a), dtype=np.int64), np.diff(offsets))
+        if pa.types.is_map(t):
+            values = a.keys.slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
+            yield from _leaves(values, pc.take(rows, pa.array(parents)))
+            values = a.items.slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
+        yield from _leaves(values, pc.take(rows, pa.array(parents)))
+    elif pa.types.is_fixed_size_list(t):
+        size = t.list_size
+        values = a.values.slice(a.offset * size, len(a) * size)
+        parents = np.repeat(np.arange(len(a), dtype=np.int64), size)
+        yield from _leaves(values, pc.take(rows, pa.array(parents)))
+    else:
+        # Anything else nested (list views, unions): its JSON text, one per row.
+        text = pa.array([None if v is None else json.dumps(v, default=str) for v in a.to_pylist()], type=pa.large_string())
+        yield text, rows

@@ -59,6 +59,7 @@ __all__ = [
     "escalate_for_transform",
     "is_partial",
     "mask_array",
+    "mask_supported",
     "parse_operator",
     "render_sql",
     "strongest",
@@ -336,7 +337,7 @@ def _mask_one(a: Any, op: MaskOperator, key: bytes) -> Any:
         return pa.nulls(len(a), type=t)
     if kind == "hash":
         return _hash(a, key)
-    if isinstance(t, pa.ExtensionType):
+    if isinstance(t, pa.BaseExtensionType):  # json, uuid, PostgreSQL's opaque types, ...
         return _mask_one(a.storage, op, key)
     if pa.types.is_dictionary(t):
         # Mask each distinct value once; the indices (and so the nulls) stay as they are.
@@ -354,7 +355,11 @@ def _mask_one(a: Any, op: MaskOperator, key: bytes) -> Any:
     if not _is_text(t):
         if _has_no_string_form(t):
             return pa.nulls(len(a), type=t)
-        a = pc.cast(a, pa.string())
+        try:
+            a = pc.cast(a, pa.string())
+        except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
+            # No text form to keep the shape of: the whole value goes (never passes clear).
+            return pa.nulls(len(a), type=t)
     if kind == "redact":
         return _redact(a)
     if kind in ("first", "last"):
@@ -363,6 +368,20 @@ def _mask_one(a: Any, op: MaskOperator, key: bytes) -> Any:
     if kind == "email":
         return _email(a)
     raise AssertionError(f"unhandled operator {op.spec}")  # pragma: no cover
+
+
+def mask_supported(op: MaskOperator, t: Any) -> bool:
+    """Whether ``op`` applies to a column of Arrow type ``t`` (the gateway checks each
+    masked column before the first row is sent). Nested values are masked as a whole
+    (null, or the hash of their canonical JSON); a value with no text form keeps no shape.
+    Answered by masking an all-null row of the type, so it is the same code path."""
+    if op.kind == "sql":
+        return True  # applied in the query; the result column is what the expression gives
+    try:
+        out = mask_array(pa.nulls(1, type=t), op, key=b"probe")
+    except (pa.ArrowException, ValueError, TypeError, NotImplementedError):
+        return False
+    return len(out) == 1
 
 
 def _is_text(t: Any) -> bool:
@@ -380,6 +399,7 @@ def _has_no_string_form(t: Any) -> bool:
         or pa.types.is_binary_view(t)
         or pa.types.is_nested(t)
         or pa.types.is_union(t)
+        or pa.types.is_interval(t)
     )
 
 
@@ -628,7 +648,7 @@ def _canonical(a: Any) -> Any:
             return pa.chunked_array([], type=pa.string())
         return pa.chunked_array(chunks)
     t = a.type
-    if isinstance(t, pa.ExtensionType):
+    if isinstance(t, pa.BaseExtensionType):
         return _canonical(a.storage)
     if pa.types.is_string(t) or pa.types.is_large_string(t):
         return a
@@ -642,7 +662,7 @@ def _canonical(a: Any) -> Any:
         return pa.nulls(len(a), type=pa.string())
     if pa.types.is_dictionary(t):
         return _canonical(a.cast(t.value_type))
-    if pa.types.is_nested(t) or pa.types.is_union(t):
+    if pa.types.is_nested(t) or pa.types.is_union(t) or pa.types.is_interval(t):
         # Rare; no vectorised serialisation of nested values exists, so canonical JSON.
         return pa.array(
             [

@@ -1,0 +1,98 @@
+"""The run-time check that a result is what the analysis predicted.
+
+Masks are applied by position. If the database returns more, fewer or other columns than
+the analysis accounted for (a table function whose alias list is shorter than its output, a
+view redefined behind the catalog cache, an engine-specific projection), every mask after
+the first difference lands on the wrong column. So before the first row of a statement is
+framed, :func:`check_result_shape` compares the result's schema with the analysis:
+
+* the column count must be equal;
+* a column the analysis sees as a plain copy of one base column (``transformed`` False)
+  must have the same name in the result, case-insensitively on DuckDB. Names of computed
+  columns are the engine's own invention (PostgreSQL ``?column?`` or ``upper``, DuckDB
+  ``CAST(email AS VARCHAR)``) and sqlglot's synthetic ``_col_N`` aliases, so those are
+  not compared: the count and the plain columns pin the positions;
+* every masked column's Arrow type must be one its mask operator applies to.
+
+A statement that fails any of these is stopped before anything of it is sent.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+import pyarrow as pa
+
+from warden.gateway.execute import ExecutionError
+from warden.masking.operators import mask_supported
+from warden.sql.model import StatementAnalysis
+
+__all__ = ["SHAPE_RULE", "ShapeMismatchError", "check_result_shape"]
+
+SHAPE_RULE: Final = "fail-closed/result-shape"
+_SYNTHETIC: Final = re.compile(r"^_col_\d+$")
+# Statements that return the engine's own metadata (settings, plans), not table values.
+_METADATA_KINDS: Final = frozenset({"show", "explain"})
+
+
+class ShapeMismatchError(ExecutionError):
+    """The result is not the shape the analysis predicted: the statement is stopped."""
+
+    def __init__(self, message: str, *, code: str = "result-shape-mismatch") -> None:
+        super().__init__(message, code=code)
+
+
+def check_result_shape(
+    st: StatementAnalysis,
+    schema: pa.Schema | None,
+    dialect: str,
+    masks: Mapping[int, Any] | None = None,
+) -> None:
+    """Raise :class:`ShapeMismatchError` unless ``schema`` is what ``st`` predicts.
+
+    ``masks`` maps a column position to the decision's mask (``.operator``, ``.column``).
+    """
+    number = st.index + 1
+    advice = (
+        "Nothing of this statement was sent and later statements did not run. "
+        "Give every output column an alias, list every column a table function returns in "
+        "its alias list, or ask an admin to refresh the catalog if a view changed."
+    )
+    if schema is None:
+        return
+    names: Sequence[str] = schema.names
+    expected = st.outputs
+    if not expected and st.kind in _METADATA_KINDS:
+        return
+    if len(names) != len(expected):
+        raise ShapeMismatchError(
+            f"[{SHAPE_RULE}] statement {number}: the database returned {len(names)} column(s) "
+            f"but the analysis accounted for {len(expected)}; masks are applied by position, so "
+            f"the result cannot be masked safely. {advice}"
+        )
+    fold = dialect == "duckdb"
+    for pos, (got, out) in enumerate(zip(names, expected, strict=True)):
+        if out.transformed or _SYNTHETIC.match(out.name):
+            continue
+        same = got.casefold() == out.name.casefold() if fold else got == out.name
+        if not same:
+            raise ShapeMismatchError(
+                f"[{SHAPE_RULE}] statement {number}: column {pos + 1} of the result is named "
+                f"{got!r} but the analysis expected {out.name!r} there; masks are applied by "
+                f"position, so the result cannot be masked safely. {advice}"
+            )
+    for pos, m in sorted((masks or {}).items()):
+        if pos >= len(names):
+            raise ShapeMismatchError(
+                f"[{SHAPE_RULE}] statement {number}: a mask applies to column {pos + 1}, which the result does not have. {advice}"
+            )
+        t = schema.field(pos).type
+        if not mask_supported(m.operator, t):
+            raise ShapeMismatchError(
+                f"[fail-closed/mask-type] statement {number}: column {pos + 1} ({names[pos]!r}) has type {t} "
+                f"that the mask {m.operator.spec!r} cannot apply to; nothing of this statement was sent. "
+                "Cast the column to text in the query, or ask an admin for a mask that fits its type.",
+                code="mask-unsupported-type",
+            )

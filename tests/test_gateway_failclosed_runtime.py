@@ -1,0 +1,375 @@
+"""Issue 7, the gateway's run-time half: fail closed on what the database actually returns.
+
+A real gateway process over HTTP, a real PostgreSQL and a real DuckDB file, a real OIDC
+issuer. Every case knows the raw classified values (read straight from the databases
+here) and searches for them in everything that leaves the gateway: the HTTP response
+(Arrow data and frames, error text included), the audit records of the cell (the
+analyst's own ``/v1/me/events`` and the auditor's ``/v1/audit``).
+
+* errors are data: casts that fail echo no value (client, audit, events);
+* the result shape is checked before the first row: a stale view, a hand-made analysis
+  that predicts fewer or other columns than the database returns;
+* the second net scans json, xml, bytes, lists, structs and maps, and its findings reach
+  the kernel's ``df.attrs["warden"]`` like lineage masks;
+* whole-row (composite) values come back as JSON text or structs, masked by lineage,
+  never a driver crash.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import httpx
+import psycopg
+import pyarrow as pa
+import pytest
+import yaml
+
+from gateway_harness import POLICY, GatewayProcess, seed_duckdb, seed_postgres
+from oidc_issuer import OIDCIssuer
+from pgserver import PostgresServer
+from warden.gateway.client import GatewayClient
+from warden.gateway.frames import chunk_stream, read_frames
+
+# Unclassified columns that carry classified values anyway: the second net's work.
+# (The SSN detector knows that no SSN starts with 9: those rows carry e-mail only.)
+PG_DOCS = """
+CREATE TABLE docs (id int, body jsonb, body_json json, x xml, raw bytea, tags text[], note text);
+INSERT INTO docs SELECT id,
+    jsonb_build_object('contact', email, 'n', id),
+    json_build_object('ssn', CASE WHEN ssn NOT LIKE '9%' THEN ssn END)::json,
+    xmlelement(name contact, email),
+    convert_to('mail ' || email, 'UTF8'),
+    ARRAY['x', email],
+    'plain note ' || id
+  FROM customers;
+CREATE VIEW cust_view AS SELECT id, name FROM customers;
+CREATE VIEW cust_view2 AS SELECT id, name FROM customers;
+"""
+DK_DOCS = """
+CREATE TABLE docs AS SELECT id,
+    CAST(json_object('contact', email) AS JSON) AS body,
+    CAST('mail ' || email AS BLOB) AS raw,
+    ['x', email] AS tags,
+    {'note': 'hi', 'who': email} AS info,
+    MAP {'k': CASE WHEN ssn NOT LIKE '9%' THEN ssn ELSE 'none' END} AS m,
+    'plain note ' || id AS note
+  FROM customers;
+CREATE VIEW cust_view AS SELECT id, name FROM customers;
+"""
+
+
+@pytest.fixture(scope="module")
+def issuer() -> Iterator[OIDCIssuer]:
+    with OIDCIssuer(audience="warden") as iss:
+        yield iss
+
+
+@dataclasses.dataclass
+class Env:
+    gw: GatewayProcess
+    issuer: OIDCIssuer
+    pg_dsn: str
+    dk_path: Path
+    raw: dict[str, list[str]]  # connection -> every raw classified value
+
+    def token(self, sub: str, groups: list[str], **claims: Any) -> str:
+        return self.issuer.issue(sub=sub, groups=groups, **claims)
+
+
+@pytest.fixture(scope="module")
+def env(postgres: PostgresServer, issuer: OIDCIssuer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    work = tmp_path_factory.mktemp("failclosed")
+    dsn = postgres.create_database(prefix="failclosed")
+    seed_postgres(dsn)
+    with psycopg.connect(dsn, autocommit=True) as con:
+        con.execute(PG_DOCS)
+        con.execute("CREATE UNIQUE INDEX customers_email ON customers (email)")
+        pg_raw = [v for row in con.execute("SELECT email, ssn FROM customers").fetchall() for v in row]
+    dk = work / "data.duckdb"
+    seed_duckdb(dk)
+    db = duckdb.connect(str(dk))
+    db.execute(DK_DOCS)
+    dk_raw = [v for row in db.execute("SELECT email, ssn FROM customers").fetchall() for v in row]
+    db.close()
+    (work / "policy.yaml").write_text(yaml.safe_dump(POLICY))
+    config = {
+        "gateway_id": "gw-failclosed",
+        "mode": "shared",
+        "policy": "policy.yaml",
+        "state_dir": "state",
+        "auth": {"mode": "oidc", "issuer": issuer.issuer, "audience": "warden", "attribute_claims": ["region"]},
+        "limits": {"statement_timeout_ms": 20000, "max_rows": 1000000},
+    }
+    gw = GatewayProcess(work, {**os.environ, "WARDEN_TEST_PG_DSN": dsn}, config).start()
+    try:
+        yield Env(gw, issuer, dsn, dk, {"pg": pg_raw, "dk": dk_raw})
+    finally:
+        gw.stop()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@dataclasses.dataclass
+class Run:
+    status: int
+    body: bytes  # the whole HTTP response: frames, Arrow IPC, error text
+    frames: list[tuple[bytes, bytes]]
+    session: str
+
+    def json_frames(self, kind: bytes) -> list[dict[str, Any]]:
+        return [json.loads(p) for k, p in self.frames if k == kind]
+
+    @property
+    def error(self) -> dict[str, Any] | None:
+        xs = self.json_frames(b"X")
+        return xs[0] if xs else None
+
+    @property
+    def tables(self) -> list[pa.Table]:
+        out, ipc = [], bytearray()
+        for k, p in self.frames:
+            if k == b"S":
+                ipc = bytearray()
+            elif k == b"A":
+                ipc += p
+            elif k == b"E" and ipc:
+                out.append(pa.ipc.open_stream(bytes(ipc)).read_all())
+        return out
+
+
+def post(env: Env, conn: str, sql: str, *, who: tuple[str, list[str]] = ("ana", ["analysts"]), approve: bool = False) -> Run:
+    """Run a cell over HTTP. ``approve``: a held cell is approved by an owner and re-run."""
+    session = "s-" + uuid.uuid4().hex[:12]
+    token = env.token(who[0], who[1], region="emea")
+    body: dict[str, Any] = {"connection": conn, "sql": sql, "context": {"session_id": session, "cell_id": "c1"}}
+    resp = httpx.post(env.gw.url + "/v1/cells", json=body, headers={"authorization": f"Bearer {token}"}, timeout=60)
+    if approve and resp.status_code == 202:
+        approval = resp.json()["approval"]["id"]
+        with GatewayClient(env.gw.url, token=env.token("bob", ["owners"])) as bob:
+            bob.decide(approval, approve=True, reason="test of error redaction")
+        body["approval_id"] = approval
+        resp = httpx.post(env.gw.url + "/v1/cells", json=body, headers={"authorization": f"Bearer {token}"}, timeout=60)
+    frames = list(read_frames(chunk_stream(iter([resp.content])))) if resp.status_code == 200 else []
+    return Run(resp.status_code, resp.content, frames, session)
+
+
+def events(env: Env, run: Run, who: tuple[str, list[str]] = ("ana", ["analysts"]), *, want: str = "query.") -> list[dict[str, Any]]:
+    """The cell's audit records as the analyst reads them back (``/v1/me/events``), once
+    its completion record is stored (it is queued, not awaited): waited for, with a deadline."""
+    token = env.token(who[0], who[1], region="emea")
+    deadline = time.monotonic() + 15
+    while True:
+        got = httpx.get(env.gw.url + "/v1/me/events", params={"session_id": run.session, "limit": "100"},
+                        headers={"authorization": f"Bearer {token}"}, timeout=10)  # fmt: skip
+        assert got.status_code == 200, got.text
+        evs: list[dict[str, Any]] = got.json()["events"]
+        done = [e for e in evs if e["type"] in ("query.executed", "query.failed", "query.denied")]
+        if done or time.monotonic() > deadline:
+            assert done, f"no completion record for session {run.session}: {[e['type'] for e in evs]}"
+            return evs
+        time.sleep(0.05)
+
+
+def audit_text(env: Env, run: Run) -> str:
+    """The auditor's view of the same cell's records, as text to search."""
+    token = env.token("aud", ["audit"])
+    got = httpx.get(env.gw.url + "/v1/audit", params={"session_id": run.session, "limit": "100"},
+                    headers={"authorization": f"Bearer {token}"}, timeout=10)  # fmt: skip
+    assert got.status_code == 200, got.text
+    return got.text
+
+
+def assert_no_raw(env: Env, conn: str, run: Run, evs: list[dict[str, Any]]) -> None:
+    """No raw classified value anywhere: response bytes, decoded tables, the audit records."""
+    evs_text = json.dumps(evs)
+    audit = audit_text(env, run)
+    tables = json.dumps([t.to_pylist() for t in run.tables], default=str)
+    for value in env.raw[conn]:
+        assert value.encode() not in run.body, f"{value!r} in the HTTP response"
+        assert value not in tables, f"{value!r} in the Arrow data"
+        assert value not in evs_text, f"{value!r} in /v1/me/events"
+        assert value not in audit, f"{value!r} in /v1/audit"
+
+
+ANA = ("ana", ["analysts"])
+EVE = ("eve", ["eng"])
+
+
+def completion(evs: list[dict[str, Any]]) -> dict[str, Any]:
+    done = [e for e in evs if e["type"] in ("query.executed", "query.failed")]
+    assert len(done) == 1, [e["type"] for e in evs]
+    return done[0]
+
+
+# --------------------------------------------------------------------------- (6) errors are data
+
+# (connection, who, SQL, a phrase of the database's sentence that must survive redaction)
+ERROR_ECHO = [
+    ("pg", ANA, "SELECT email::int FROM customers", "invalid input syntax for type integer"),
+    ("pg", ANA, "SELECT ssn::date FROM customers", "date/time field value out of range"),
+    ("pg", ANA, "SELECT to_date(ssn, 'YYYY-MM-DD') FROM customers", "date/time field value out of range"),
+    ("pg", ANA, "SELECT email::json FROM customers", "invalid input syntax for type json"),
+    ("pg", ANA, "SELECT ssn::numeric FROM customers", "invalid input syntax for type numeric"),
+    ("pg", EVE, "SELECT email::uuid FROM customers", "invalid input syntax for type uuid"),
+    # The psycopg path (writes): the UPDATE fails in the cast; a unique violation's DETAIL
+    # quotes the duplicate key.
+    ("pg", EVE, "UPDATE customers SET region = (email::int)::text WHERE id = 1", "invalid input syntax for type integer"),
+    ("pg", EVE, "INSERT INTO customers (id, email) SELECT id + 100, email FROM customers", "duplicate key value violates unique constraint"),
+    ("dk", ANA, "SELECT email::int FROM customers", "Could not convert string"),
+    ("dk", ANA, "SELECT ssn::date FROM customers", "Conversion Error"),
+    ("dk", ANA, "SELECT strptime(ssn, '%Y') FROM customers", "Could not parse string"),
+    ("dk", ANA, "SELECT CAST(email AS JSON) FROM customers", "Malformed JSON"),
+    ("dk", EVE, "SELECT email::DECIMAL(10, 2) FROM customers", "Conversion Error"),
+]
+
+
+@pytest.mark.parametrize(("conn", "who", "sql", "phrase"), ERROR_ECHO, ids=[f"{c[0]}:{c[2][:40]}" for c in ERROR_ECHO])
+def test_database_errors_echo_no_value(env: Env, conn: str, who: tuple[str, list[str]], sql: str, phrase: str) -> None:
+    run = post(env, conn, sql, who=who, approve=True)  # writes of classified values are held
+    assert run.status == 200, run.body[:500]
+    err = run.error
+    assert err is not None, "the statement was expected to fail in the database"
+    assert err["code"] == "execution-failed" and phrase in err["message"], err
+    evs = events(env, run, who)
+    done = completion(evs)
+    assert done["status"] in ("failed", "failure") and phrase in done["error"] and done["error"] == err["message"]
+    assert_no_raw(env, conn, run, evs)
+
+
+def test_sqlstate_is_kept_where_the_driver_gives_it(env: Env) -> None:
+    # The psycopg path carries the SQLSTATE; the value in the message does not survive.
+    run = post(env, "pg", "INSERT INTO customers (id, email) SELECT id + 100, email FROM customers", who=EVE, approve=True)
+    err = run.error
+    assert err is not None and err["sqlstate"] == "23505" and "[SQLSTATE 23505]" in err["message"]
+    assert "customers_email" in err["message"]  # an identifier, not a value: kept
+    assert "details withheld" in err["message"]  # the DETAIL line quoted the key
+    assert_no_raw(env, "pg", run, events(env, run, EVE))
+
+
+# --------------------------------------------------------------------------- (8) the second net
+
+
+@pytest.mark.parametrize(
+    ("conn", "expected"),
+    [
+        ("pg", {"body": "email", "body_json": "ssn", "x": "email", "raw": "email", "tags": "email"}),
+        ("dk", {"body": "email", "raw": "email", "tags": "email", "info": "email", "m": "ssn"}),
+    ],
+)
+def test_detectors_scan_json_xml_bytes_lists_structs_maps(env: Env, conn: str, expected: dict[str, str]) -> None:
+    run = post(env, conn, "SELECT * FROM docs ORDER BY id")
+    assert run.status == 200 and run.error is None, run.body[:500]
+    (end,) = run.json_frames(b"E")
+    found = {(d["column"], d["detector"]) for d in end["detectors"]}
+    assert found == set(expected.items())
+    assert all(d["rows"] >= 1 and isinstance(d["position"], int) for d in end["detectors"])
+    assert "value" not in json.dumps(end["detectors"])  # counts and names, never a value
+    (table,) = run.tables
+    rows = table.to_pylist()
+    assert [r["note"] for r in rows] == ["plain note 1", "plain note 2", "plain note 3"]  # clear text is untouched
+    text = json.dumps(rows, default=str)
+    assert "[email]" in text  # strings, json and bytes keep their type and show the token
+    for col in ("tags",) + (("info",) if conn == "dk" else ()):
+        assert all(r[col] is None for r in rows)  # nested: the whole value of a row with a hit
+    evs = events(env, run)
+    # The completion record lists them with the masks, marked as the detectors' work.
+    masks = completion(evs)["masks"]
+    masks = json.loads(masks) if isinstance(masks, str) else masks
+    recorded = {(m["column"], m["detector"]) for m in masks if m.get("source") == "detector"}
+    assert recorded == set(expected.items())
+    assert_no_raw(env, conn, run, evs)
+
+
+def test_detector_findings_reach_the_dataframe_and_the_display(env: Env) -> None:
+    from warden.kernel.client import CellStream, KernelGatewayClient
+    from warden.kernel.connect import Endpoint, StaticToken
+    from warden.magic.display import render_table_html, render_table_text, table_rows
+    from warden.magic.results import statement_info, to_output
+
+    client = KernelGatewayClient(Endpoint(env.gw.url, None, "remote"), StaticToken(env.token("ana", ["analysts"], region="emea")))
+    try:
+        stream = CellStream(client, {"connection": "pg", "sql": "SELECT id, email, body, note FROM docs JOIN customers USING (id) ORDER BY id",
+                                     "params": [], "context": {"session_id": "s-kernel"}})  # fmt: skip
+        stream.start()
+        assert stream.wait(30)
+        result = stream.result()
+    finally:
+        client.close()
+    (st,) = result.statements
+    assert st.table is not None
+    info = statement_info(result, st, stream.statement_meta.get(st.index, {}), connection="pg")
+    df = to_output(st.table, info, "pandas")
+    attrs = df.attrs["warden"]
+    assert [(d["column"], d["detector"]) for d in attrs["detectors"]] == [("body", "email")]
+    # The detector-masked column is marked exactly like the lineage-masked one.
+    assert set(attrs["masked"]) == {"email", "body"}
+    body = attrs["masked"]["body"]
+    assert body["detector"] == "email" and body["operator"] == "detector:email" and body["position"] == 2
+    assert "content detector email" in body["reason"] and body["rows"] == 3
+    cols, rows = table_rows(st.table, 10)
+    html = render_table_html(cols, rows, total_rows=len(rows), info=attrs)
+    assert html.count('class="warden-masked"') == 2 and "detector email" in html
+    assert "body*" in render_table_text(cols, rows, total_rows=len(rows), info=attrs) or "*body" in render_table_text(cols, rows, total_rows=len(rows), info=attrs)
+    assert "ada@analytical.example" not in df.to_string()
+
+
+# --------------------------------------------------------------------------- (10) whole rows
+
+
+@pytest.mark.parametrize(
+    ("conn", "who", "sql"),
+    [
+        ("pg", ANA, "SELECT c FROM customers c ORDER BY id"),
+        ("pg", EVE, "SELECT c FROM customers c ORDER BY id"),
+        ("pg", ANA, "SELECT ROW(id, email) FROM customers ORDER BY id"),
+        ("pg", ANA, "SELECT id, ROW(name, ssn) AS r FROM customers ORDER BY id"),
+        ("pg", ANA, "SELECT array_agg(c) FROM customers c"),
+        ("dk", ANA, "SELECT c FROM customers c ORDER BY id"),
+        ("dk", EVE, "SELECT c FROM customers c ORDER BY id"),
+        ("dk", ANA, "SELECT {'a': email, 'b': id} AS s FROM customers ORDER BY id"),
+        ("dk", ANA, "SELECT [email, ssn] AS l FROM customers ORDER BY id"),
+    ],
+)
+def test_whole_row_values_are_masked_not_crashed(env: Env, conn: str, who: tuple[str, list[str]], sql: str) -> None:
+    run = post(env, conn, sql, who=who)
+    assert run.status in (200, 403), run.body[:500]
+    if run.status == 200:
+        err = run.error
+        # A clear refusal is acceptable; a driver crash (an internal error) is not.
+        assert err is None or err["code"] not in ("internal", "execution-failed"), err
+        if err is None:
+            assert run.tables and run.tables[0].num_rows >= 1
+    evs = events(env, run, who)
+    assert_no_raw(env, conn, run, evs)
+
+
+def test_unclassified_composites_come_back_as_json(env: Env) -> None:
+    run = post(env, "pg", "SELECT ROW(id, name) AS r, c.id FROM customers c ORDER BY c.id", who=EVE)
+    assert run.error is None, run.error
+    (table,) = run.tables
+    assert table.schema.field("r").type == pa.string() and table.schema.field("id").type == pa.int32()
+    first = json.loads(table.column("r")[0].as_py())
+    assert first == {"f1": "1", "f2": "Ada Lovelace"}  # an anonymous record: f1, f2, ...
+    run = post(env, "pg", "SELECT o FROM orders o ORDER BY id LIMIT 2", who=EVE)
+    assert run.error is None, run.error
+    (table,) = run.tables
+    # A table's row type: its column names, each field PostgreSQL's text of it.
+    assert json.loads(table.column("o")[0].as_py()) == {"id": "1", "customer_id": "2", "amount": "11.00", "region": "emea"}
+
+
+def test_composite_in_a_write_is_refused_not_run_twice(env: Env) -> None:
+    # Only a plain SELECT is read a second time through psycopg; a write returning a
+    # composite is refused with a clear message (and rolled back by the database).
+    run = post(env, "pg", "UPDATE orders SET amount = amount WHERE id = 1 RETURNING ROW(id, amount)", who=EVE)
+    err = run.error
+    assert err is None or err["code"] != "internal", err
