@@ -36,6 +36,15 @@ def test_decision(dialect: str, case: dict[str, Any]) -> None:
         assert got == want, context
     for rule in case.get("rules", []):
         assert any(rule in r for r in decision.rule_ids), f"{rule} not in {decision.rule_ids}"
+    schema = DIALECTS[dialect][1]
+    reads = {r for st in analysis.statements for r in st.reads}
+    for rel in case.get("reads", []):
+        assert (rel if "." in rel else f"{schema}.{rel}") in reads, f"{rel} not in reads {sorted(reads)}"
+    filtered = {f.relation for f in decision.row_filters}
+    for rel in case.get("filters", []):
+        assert (rel if "." in rel else f"{schema}.{rel}") in filtered, f"no row filter on {rel}: {sorted(filtered)}"
+    if "kind" in case:
+        assert analysis.kinds[0] == case["kind"], analysis.kinds
     for taint in case.get("taints", []):
         assert any(t.column.qualified.endswith(taint) for t in decision.taints), decision.taints
     for rel in case.get("row_filters", []):

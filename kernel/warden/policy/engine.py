@@ -19,12 +19,12 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from warden.masking.operators import MaskOperator, escalate_for_transform, strongest
 from warden.policy.conditions import Deferred
-from warden.policy.model import Policy, Role
+from warden.policy.model import FunctionGrant, Policy, Role
 from warden.sql.model import CellAnalysis, ColumnRef, StatementAnalysis
 
 Action = Literal["allow", "mask", "hold", "deny"]
@@ -224,7 +224,28 @@ def _statement(
         allowed = "; ".join(f"{r.name}: {', '.join(sorted(r.statements)) or 'nothing'}" for r in roles)
         reasons.append(Reason("statements", f"{label}: none of your roles allows {st.kind} statements ({allowed})", "deny", i))
 
-    relations = tuple(dict.fromkeys((*st.reads, *st.writes)))
+    # Functions that are not reviewed built-ins: allowed only when the policy's
+    # functions: section declares them, and then they read what it says.
+    grants: dict[str, FunctionGrant] = {}
+    for key in st.functions:
+        grant = resolve_function(policy, connection, key, st.search_path)
+        if grant is None:
+            reasons.append(
+                Reason(
+                    "fail-closed/unknown-function",
+                    f"{label}: {key}() is not a built-in function warden has reviewed (user-defined, an extension's, "
+                    "or unknown), so what it returns cannot be traced; use a built-in, or ask an admin to declare it "
+                    "under functions: with the columns it reads",
+                    "deny",
+                    i,
+                )
+            )
+        else:
+            grants[key] = grant
+    function_reads = {key: _grant_columns(g, connection) for key, g in grants.items()}
+    function_relations = tuple(dict.fromkeys(c.relation for cols in function_reads.values() for c in cols))
+
+    relations = tuple(dict.fromkeys((*st.reads, *st.writes, *function_relations)))
     for rel in relations:
         full = f"{connection}.{rel}"
         for role in roles:
@@ -238,6 +259,10 @@ def _statement(
 
     # Masks per output column.
     for pos, out in enumerate(st.outputs):
+        if out.functions:
+            # A declared function's result carries the columns it reads.
+            extra = {c for key in out.functions for c in function_reads.get(key, ())}
+            out = replace(out, sources=out.sources | frozenset(extra), transformed=True)
         opaque_classes = classify.of(out.opaque)
         if opaque_classes:
             reasons.append(
@@ -309,12 +334,42 @@ def _statement(
             if predicate is None:
                 continue
             rule = f"role:{role.name}/row_filters/{full}"
+            if rel in function_relations and rel not in st.reads:
+                via = ", ".join(sorted(k for k, cols in function_reads.items() if any(c.relation == rel for c in cols)))
+                reasons.append(
+                    Reason(rule, f"{label}: {via}() reads {full}, which has a row filter for you; a function's body "
+                           "cannot be filtered, so the call is denied", "deny", i)
+                )
+                continue
             try:
                 bound = bind_user_attributes(predicate, identity)
             except KeyError as exc:
                 reasons.append(Reason(rule, f"{label}: the row filter on {full} needs user attribute {exc.args[0]!r}, which your identity lacks", "deny", i))
                 continue
             filters.append(RowFilter(i, rel, bound, rule))
+
+
+def resolve_function(policy: Policy, connection: str, key: str, search_path: tuple[str, ...]) -> FunctionGrant | None:
+    """The policy's declaration of the called function ``key`` (``schema.name`` or a
+    bare ``name``, found along the statement's search path), or None."""
+    if not policy.functions:
+        return None
+    candidates = [f"{connection}.{key}"] if "." in key else [f"{connection}.{schema}.{key}" for schema in search_path]
+    for name in candidates:
+        grant = policy.functions.get(name)
+        if grant is None and policy.connections[connection].dialect == "duckdb":
+            grant = next((g for n, g in policy.functions.items() if n.lower() == name.lower()), None)
+        if grant is not None:
+            return grant
+    return None
+
+
+def _grant_columns(grant: FunctionGrant, connection: str) -> tuple[ColumnRef, ...]:
+    out = []
+    for col in grant.reads:
+        _conn, schema, table, column = col.split(".")
+        out.append(ColumnRef(schema, table, column))
+    return tuple(out)
 
 
 def statement_facts(st: StatementAnalysis, classify: Classifier, count: int, **extra: Any) -> dict[str, Any]:

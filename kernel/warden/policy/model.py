@@ -25,7 +25,8 @@ PREDICATE_ACTIONS = ("deny", "hold", "allow")
 
 # Every key the policy understands, by section: the docs test checks each one.
 SETTINGS: dict[str, tuple[str, ...]] = {
-    "top": ("version", "connections", "defaults", "classifications", "roles", "approvers"),
+    "top": ("version", "connections", "defaults", "classifications", "functions", "roles", "approvers"),
+    "function": ("reads", "description"),
     "connection": ("dialect", "dsn_env", "dsn_file", "path", "search_path", "read_only"),
     "defaults": ("mask", "classified_in_predicates", "classified_writes", "redact_literals"),
     "role": (
@@ -106,6 +107,20 @@ class Approvers:
 
 
 @dataclass(frozen=True)
+class FunctionGrant:
+    """A function outside the engine's reviewed built-ins that an admin allows,
+    with every base column its body reads (``connection.schema.table.column``)."""
+
+    name: str  # connection.schema.function
+    reads: tuple[str, ...] = ()
+    description: str = ""
+
+    @property
+    def connection(self) -> str:
+        return self.name.split(".", 1)[0]
+
+
+@dataclass(frozen=True)
 class Policy:
     source: str
     connections: Mapping[str, Connection]
@@ -113,6 +128,7 @@ class Policy:
     roles: tuple[Role, ...]
     defaults: Defaults = field(default_factory=Defaults)
     approvers: Approvers = field(default_factory=Approvers)
+    functions: Mapping[str, FunctionGrant] = field(default_factory=dict)  # by connection.schema.name
     _compiled: tuple[tuple[str, re.Pattern[str]], ...] = field(default=(), repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -276,6 +292,21 @@ def _build(data: Any, loc: _Located) -> Policy:
     redact_literals = d.get("redact_literals", "classified")
     if redact_literals not in ("classified", "all"):
         raise loc.error(("defaults", "redact_literals"), "must be 'classified' or 'all'")
+    functions: dict[str, FunctionGrant] = {}
+    for fname, spec in _mapping(top.get("functions"), ("functions",), loc, "functions").items():
+        path = ("functions", fname)
+        if fname.count(".") != 2 or fname.split(".", 1)[0] not in connections:
+            raise loc.error(path, f"{fname!r} must be connection.schema.function, with a connection defined above")
+        spec = _mapping(spec, path, loc, f"function {fname!r}")
+        _known_keys(spec, "function", path, loc)
+        reads = _strings(spec.get("reads"), (*path, "reads"), loc, "reads")
+        for i, col in enumerate(reads):
+            if col.count(".") != 3 or any(ch in col for ch in "*?["):
+                raise loc.error((*path, "reads", i), f"{col!r} must be connection.schema.table.column (no globs: name each column the function reads)")
+            if col.split(".", 1)[0] != fname.split(".", 1)[0]:
+                raise loc.error((*path, "reads", i), f"{col!r} is on another connection than the function")
+        functions[fname] = FunctionGrant(fname, tuple(reads), str(spec.get("description", "")))
+
     defaults = Defaults(
         mask=_operator(d["mask"], ("defaults", "mask"), loc) if "mask" in d else Defaults().mask,
         classified_in_predicates=_action(d.get("classified_in_predicates"), ("defaults", "classified_in_predicates"), loc) or "hold",
@@ -342,6 +373,7 @@ def _build(data: Any, loc: _Located) -> Policy:
         roles=tuple(roles),
         defaults=defaults,
         approvers=approvers,
+        functions=functions,
     )
 
 

@@ -23,8 +23,15 @@ from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
 from sqlglot.tokens import Token, TokenType  # type: ignore[attr-defined]
 
 from warden.sql.catalog import Catalog
-from warden.sql.kinds import statement_kind
-from warden.sql.lineage import QueryLineage, resolve_table_schemas
+from warden.sql.functions import annotate_calls
+from warden.sql.kinds import statement_kind, strongest_kind
+from warden.sql.lineage import (
+    SCHEMAS,
+    QueryLineage,
+    complete_row_source_aliases,
+    resolve_table_schemas,
+    statement_calls,
+)
 from warden.sql.model import (
     CellAnalysis,
     ColumnRef,
@@ -252,7 +259,7 @@ def _analyse(
         if stmt is None:
             continue
         structural |= _structural_literals(stmt, toks)
-        st = analyse_statement(stmt, index, text, catalog, path)
+        st = analyse_statement(stmt, index, text, catalog, path, source=sql)
         if st.kind == "set":
             path = _search_path_after_set(stmt, path, catalog) or path
         statements.append(st)
@@ -313,37 +320,103 @@ _DYNAMIC = {"call", "do", "execute"}
 
 
 def analyse_statement(
-    stmt: exp.Expr, index: int, text: str, catalog: Catalog, path: tuple[str, ...]
+    stmt: exp.Expr,
+    index: int,
+    text: str,
+    catalog: Catalog,
+    path: tuple[str, ...],
+    *,
+    source: str | None = None,
 ) -> StatementAnalysis:
-    """Analysis of one parsed statement. ``path`` is the search path in force."""
+    """Analysis of one parsed statement. ``path`` is the search path in force;
+    ``source`` the text the parser's positions refer to (default ``text``)."""
     kind = statement_kind(stmt)
     base = StatementAnalysis(index=index, kind=kind, sql=text, search_path=path)
     if isinstance(stmt, exp.Command):
         return _command(stmt, base, catalog, path)
+    annotate_calls(stmt, text if source is None else source, catalog.dialect)
     normalize_identifiers(stmt, dialect=catalog.dialect)
     resolve_table_schemas(stmt, catalog, path)
     lineage = QueryLineage(catalog, path)
     try:
+        calls, call_problems = statement_calls(stmt, catalog)
+        referenced = _referenced_relations(stmt, kind, lineage)
+        complete_row_source_aliases(stmt, catalog)
         result = _dispatch(stmt, kind, base, lineage)
     except RecursionError:
         return replace(base, unresolved=(Unresolved("too-deep", "the statement is nested too deeply to analyse"),))
     except Exception as exc:
         message = f"the statement could not be analysed ({type(exc).__name__}: {str(exc)[:200]})"
         return replace(base, unresolved=(Unresolved("analysis-failed", message),))
+    for rel in referenced:
+        lineage.reads.setdefault(rel, None)
     return replace(
         result,
         reads=tuple(lineage.reads),
         uses=frozenset(lineage.uses) | result.uses,
-        unresolved=tuple(dict.fromkeys(lineage.unresolved)) + result.unresolved,
+        unresolved=tuple(dict.fromkeys((*lineage.unresolved, *call_problems))) + result.unresolved,
         literals=tuple(dict.fromkeys(lineage.literals)) + result.literals,
+        functions=tuple(dict.fromkeys((*calls, *lineage.functions, *result.functions))),
     )
+
+
+_NO_READ_KINDS = frozenset({"drop", "alter", "truncate", "comment", "grant", "revoke"})
+
+
+def _referenced_relations(stmt: exp.Expr, kind: str, lineage: QueryLineage) -> list[str]:
+    """Every catalog relation the statement names anywhere, as a read: FROM, JOIN,
+    subqueries, EXISTS, CTE bodies, set-operation branches, LATERAL, TABLESAMPLE,
+    DESCRIBE. Whether a column of it is named does not matter (``count(*)`` reads
+    it too). A view adds the relations its body reads. The written table of an
+    INSERT or CREATE is not a read, nor are the objects of DDL."""
+    if kind in _NO_READ_KINDS:
+        return []
+    target = stmt.this if isinstance(stmt, (exp.Insert, exp.Create)) else None
+    if isinstance(target, exp.Schema):
+        target = target.this
+    catalog = lineage.catalog
+    out: dict[str, None] = {}
+    for table in stmt.find_all(exp.Table):
+        if table is target or not isinstance(table.this, exp.Identifier) or not table.db:
+            continue
+        rel = catalog.get(table.db, table.name)
+        if rel is None:
+            continue
+        out[rel.qualified] = None
+        if rel.kind == "view" and rel.definition:
+            view = SCHEMAS.view_outputs(catalog, rel, ())
+            if isinstance(view, Unresolved):
+                lineage.unresolved.append(view)
+            else:
+                out.update(dict.fromkeys(view.reads))
+                lineage.functions.update(dict.fromkeys(view.functions))
+    return list(out)
 
 
 def _dispatch(stmt: exp.Expr, kind: str, base: StatementAnalysis, lineage: QueryLineage) -> StatementAnalysis:
     if isinstance(stmt, exp.Query):
+        nested: list[exp.Expr] = [
+            n for n in stmt.find_all(exp.Insert, exp.Update, exp.Delete, exp.Merge) if n is not stmt  # type: ignore[comparison-overlap]
+        ]
+        if nested:
+            return _query_with_writes(stmt, nested, base, lineage)
         query = lineage.qualify(stmt)
         outputs = lineage.analyse(query)
         return replace(base, outputs=tuple(outputs), has_where=_has_where(query), limit=_limit(query))
+    if isinstance(stmt, exp.Describe):
+        # Column names and types of a relation: a read of it (deny_tables apply).
+        return base
+    if isinstance(stmt, exp.Summarize):
+        return replace(
+            base,
+            unresolved=(
+                Unresolved(
+                    "engine-projection",
+                    "SUMMARIZE computes min, max and samples of every column, classified ones too; "
+                    "use aggregates on the columns you may see",
+                ),
+            ),
+        )
     if isinstance(stmt, exp.Insert):
         return _insert(stmt, base, lineage)
     if isinstance(stmt, (exp.Update, exp.Delete)):
@@ -378,6 +451,77 @@ def _dispatch(stmt: exp.Expr, kind: str, base: StatementAnalysis, lineage: Query
     return base
 
 
+def _query_with_writes(
+    stmt: exp.Query, nested: list[exp.Expr], base: StatementAnalysis, lineage: QueryLineage
+) -> StatementAnalysis:
+    """A query with data-modifying CTEs (``WITH d AS (DELETE ... RETURNING *) SELECT``).
+
+    Its kind is the strongest kind inside it and its writes are those of each
+    nested statement, decided like the statement on its own. For the outer query's
+    lineage, each DELETE/UPDATE becomes the SELECT of the rows it touches
+    (RETURNING lists them), so what it returns is masked like a read."""
+    writes: list[str] = []
+    column_writes: list[ColumnWrite] = []
+    problems: list[Unresolved] = []
+    kinds = [base.kind]
+    has_where = True
+    for dml in nested:
+        kind = statement_kind(dml)
+        kinds.append(kind)
+        sub_base = replace(base, kind=kind)
+        if isinstance(dml, exp.Insert):
+            sub = _insert(dml, sub_base, lineage)
+        elif isinstance(dml, (exp.Update, exp.Delete)):
+            sub = _update_delete(dml, sub_base, lineage)
+            has_where = has_where and sub.has_where
+        else:
+            sub = _merge(dml, sub_base, lineage)  # type: ignore[arg-type]
+        writes.extend(sub.writes)
+        column_writes.extend(sub.column_writes)
+        problems.extend(sub.unresolved)
+        returning = dml.args.get("returning")
+        if isinstance(dml, (exp.Insert, exp.Merge)) and returning is not None:
+            problems.append(
+                Unresolved(
+                    "unsupported-query",
+                    f"{kind.upper()} ... RETURNING inside a WITH: the returned rows cannot be traced; "
+                    "run the statement on its own",
+                )
+            )
+        dml.replace(_rows_touched(dml))
+    query = lineage.qualify(stmt)
+    outputs = lineage.analyse(query)
+    return replace(
+        base,
+        kind=strongest_kind(kinds),
+        outputs=tuple(outputs),
+        writes=tuple(dict.fromkeys(writes)),
+        column_writes=tuple(column_writes),
+        has_where=has_where,
+        limit=_limit(query),
+        unresolved=tuple(problems),
+    )
+
+
+def _rows_touched(dml: exp.Expr) -> exp.Expr:
+    """The SELECT that lists what a nested DML statement returns (for lineage only)."""
+    target = dml.this
+    returning = dml.args.get("returning")
+    exprs = [e.copy() for e in returning.expressions] if isinstance(returning, exp.Returning) else []
+    if not isinstance(target, exp.Table) or isinstance(dml, (exp.Insert, exp.Merge)):
+        return exp.select(*(exprs or [exp.Literal.number(1)])).where(exp.false())
+    select = exp.select(*(exprs or [exp.Literal.number(1)])).from_(target.copy())
+    from_ = dml.args.get("from_")
+    if isinstance(dml, exp.Update) and isinstance(from_, exp.From):
+        select = select.join(from_.this.copy())
+    for using in dml.args.get("using") or []:
+        select = select.join(using.copy())
+    where = dml.args.get("where")
+    if isinstance(where, exp.Where):
+        select = select.where(where.this.copy())
+    return select
+
+
 def _command(stmt: exp.Command, base: StatementAnalysis, catalog: Catalog, path: tuple[str, ...]) -> StatementAnalysis:
     kind = base.kind
     word = str(stmt.this).upper()
@@ -400,7 +544,7 @@ def _command(stmt: exp.Command, base: StatementAnalysis, catalog: Catalog, path:
             inner = sqlglot.parse_one(inner_text, dialect=catalog.dialect)
         except (ParseError, TokenError):
             return replace(base, unresolved=(Unresolved("parse-error", "the statement after EXPLAIN could not be parsed"),))
-        st = analyse_statement(inner, base.index, base.sql, catalog, path)
+        st = analyse_statement(inner, base.index, base.sql, catalog, path, source=inner_text)
         # EXPLAIN ANALYZE runs the statement: it is that statement, for policy.
         return replace(st, kind=st.kind if executes else "explain", outputs=() if not executes else st.outputs)
     if kind == "show":

@@ -46,6 +46,9 @@ class Catalog:
     relations: Mapping[tuple[str, str], Relation]
     search_path: tuple[str, ...] = ("public",)
     version: str = field(default="")
+    # Functions the database defines outside the engine (user-defined, macros,
+    # extensions): ``schema.name`` and the bare ``name``. A call of one is opaque.
+    user_functions: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if self.dialect not in SUPPORTED_DIALECTS:
@@ -61,6 +64,7 @@ class Catalog:
         dialect: Dialect,
         relations: Iterable[Relation],
         search_path: Iterable[str] | None = None,
+        user_functions: Iterable[tuple[str, str]] = (),
     ) -> Catalog:
         rels: dict[tuple[str, str], Relation] = {}
         for rel in relations:
@@ -70,7 +74,12 @@ class Catalog:
         path = tuple(search_path) if search_path else default_path
         if dialect == "duckdb":
             path = tuple(p.lower() for p in path)
-        return cls(dialect=dialect, relations=rels, search_path=path)
+        names: set[str] = set()
+        for schema, name in user_functions:
+            if dialect == "duckdb":
+                schema, name = schema.lower(), name.lower()
+            names |= {name, f"{schema}.{name}"}
+        return cls(dialect=dialect, relations=rels, search_path=path, user_functions=frozenset(names))
 
     def get(self, schema: str, name: str) -> Relation | None:
         if self.dialect == "duckdb":
@@ -96,7 +105,7 @@ class Catalog:
         path = tuple(search_path)
         if self.dialect == "duckdb":
             path = tuple(p.lower() for p in path)
-        return Catalog(self.dialect, self.relations, path)
+        return Catalog(self.dialect, self.relations, path, user_functions=self.user_functions)
 
     def to_json(self) -> dict[str, Any]:
         tables: dict[str, Any] = {}
@@ -105,7 +114,10 @@ class Catalog:
                 tables[rel.qualified] = {"columns": list(rel.columns), "definition": rel.definition}
             else:
                 tables[rel.qualified] = list(rel.columns)
-        return {"dialect": self.dialect, "search_path": list(self.search_path), "tables": tables}
+        out: dict[str, Any] = {"dialect": self.dialect, "search_path": list(self.search_path), "tables": tables}
+        if self.user_functions:
+            out["functions"] = sorted(f for f in self.user_functions if "." in f)
+        return out
 
 
 def _normalise_relation(rel: Relation, dialect: Dialect) -> Relation:
@@ -127,6 +139,7 @@ def _fingerprint(catalog: Catalog) -> str:
             catalog.dialect,
             list(catalog.search_path),
             sorted((k[0], k[1], list(v.columns), v.kind, v.definition) for k, v in catalog.relations.items()),
+            sorted(catalog.user_functions),
         ],
         sort_keys=True,
     )
@@ -147,8 +160,15 @@ def catalog_from_mapping(data: Mapping[str, Any], *, dialect: Dialect | None = N
     dia = dialect or str(data.get("dialect", "postgres"))
     search_path = data.get("search_path")
     rels: list[Relation] = []
+    functions = data.get("functions", []) if tables is not data else []
+    if not isinstance(functions, list):
+        raise CatalogError("'functions' must be a list of 'schema.name' user-defined functions")
+    user_functions = []
+    for f in functions:
+        schema, _, name = str(f).rpartition(".")
+        user_functions.append((schema or ("public" if dia == "postgres" else "main"), name))
     for key, spec in tables.items():
-        if key in ("dialect", "search_path"):
+        if key in ("dialect", "search_path", "functions"):
             continue
         parts = str(key).split(".")
         if len(parts) == 1:
@@ -172,7 +192,7 @@ def catalog_from_mapping(data: Mapping[str, Any], *, dialect: Dialect | None = N
             raise CatalogError(f"{key}: expected a list of columns or a mapping")
     if search_path is not None and not isinstance(search_path, list):
         raise CatalogError("'search_path' must be a list of schema names")
-    return Catalog.build(dia, rels, search_path)
+    return Catalog.build(dia, rels, search_path, user_functions)
 
 
 def load_catalog_file(path: str | Path, *, dialect: Dialect | None = None) -> Catalog:

@@ -58,6 +58,15 @@ SELECT n.nspname::text,
  ORDER BY 1, 2
 """
 
+# Functions outside the engine's own schemas: user-defined, or an extension's.
+# Analysis treats a call of one of these names as opaque (see warden.sql.functions).
+_PG_USER_FUNCTIONS_SQL = """
+SELECT DISTINCT n.nspname::text, p.proname::text
+  FROM pg_catalog.pg_proc p
+  JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+ WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+"""
+
 _PG_DEFAULT_SCHEMA_FILTER = (
     "n.nspname <> ALL (%(excluded)s::text[])"
     r" AND n.nspname NOT LIKE 'pg\_toast%%'"
@@ -185,6 +194,7 @@ def load_postgres_catalog(
     query = _PG_RELATIONS_SQL.format(schema_filter=schema_filter)
 
     rows: list[tuple[Any, ...]] = []
+    functions: list[tuple[Any, ...]] = []
     path_row: tuple[Any, ...] | None = None
     try:
         for attempt in range(3):
@@ -194,6 +204,8 @@ def load_postgres_catalog(
                     path_row = cur.fetchone()
                     cur.execute(query, params)
                     rows = cur.fetchall()
+                    cur.execute(_PG_USER_FUNCTIONS_SQL)
+                    functions = cur.fetchall()
                 break
             except (psycopg.errors.InternalError_, psycopg.errors.UndefinedTable):
                 # A relation dropped while we read ("cache lookup failed"): read again.
@@ -219,7 +231,8 @@ def load_postgres_catalog(
     ]
     search_path = tuple(path_row[0] or ()) if path_row else ()
     # Catalog.build replaces an empty path by ("public",); keep the server's answer exact.
-    return Catalog.build("postgres", relations).with_search_path(search_path)
+    user_functions = [(str(schema), str(name)) for schema, name in functions]
+    return Catalog.build("postgres", relations, user_functions=user_functions).with_search_path(search_path)
 
 
 # --------------------------------------------------------------------------- DuckDB
@@ -373,6 +386,9 @@ def load_duckdb_catalog(conn: Any, *, read_only: bool = True) -> Catalog:
             "SELECT current_database(), current_schema(), current_setting('search_path')"
         ).fetchone()
         rows = connection.execute(_DUCKDB_RELATIONS_SQL).fetchall()
+        functions = connection.execute(
+            "SELECT DISTINCT schema_name, function_name FROM duckdb_functions() WHERE NOT internal"
+        ).fetchall()
     except duckdb.Error as exc:
         raise CatalogError(f"cannot read the DuckDB catalog: {_redact(str(exc), target)}") from None
     finally:
@@ -393,7 +409,8 @@ def load_duckdb_catalog(conn: Any, *, read_only: bool = True) -> Catalog:
         for schema, name, columns, view_sql in rows
     ]
     search_path = _duckdb_search_path(path_setting, database, current_schema or "main")
-    return Catalog.build("duckdb", relations, search_path)
+    user_functions = [(str(schema), str(name)) for schema, name in functions]
+    return Catalog.build("duckdb", relations, search_path, user_functions)
 
 
 # --------------------------------------------------------------------------- dispatch

@@ -64,6 +64,19 @@ def statement_kind(node: exp.Expr) -> str:
     return "other"
 
 
+# How much a statement can do, weakest first: a statement is as strong as the
+# strongest statement inside it (a DELETE in a CTE makes the query a delete).
+_STRENGTH = (
+    "select", "show", "explain", "set", "transaction", "comment", "insert", "update",
+    "merge", "delete", "copy", "create", "alter", "truncate", "drop", "grant", "revoke",
+    "call", "do", "execute", "other",
+)  # fmt: skip
+
+
+def strongest_kind(kinds: list[str] | tuple[str, ...]) -> str:
+    return max(kinds, key=lambda k: _STRENGTH.index(k) if k in _STRENGTH else len(_STRENGTH))
+
+
 def expand_kinds(names: list[str] | tuple[str, ...]) -> frozenset[str]:
     """Kinds named by a policy, with groups (``ddl``, ``dml`` …) expanded."""
     out: set[str] = set()

@@ -12,7 +12,7 @@ callers fail closed on those.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sqlglot import exp
 from sqlglot.optimizer.qualify import qualify
@@ -20,6 +20,13 @@ from sqlglot.optimizer.scope import Scope, build_scope
 from sqlglot.schema import MappingSchema
 
 from warden.sql.catalog import Catalog, Relation
+from warden.sql.functions import (
+    FunctionClass,
+    FunctionInfo,
+    annotate_calls,
+    classify_call,
+    function_table,
+)
 from warden.sql.model import ColumnRef, ColumnUse, LiteralSpan, OutputColumn, Unresolved, Usage
 
 # Table functions that read files, other databases or server state: their rows
@@ -33,60 +40,7 @@ FILE_READERS = frozenset(
         "postgres_query", "sqlite_scan", "mysql_scan", "parquet_metadata", "parquet_schema",
         "pg_read_file", "pg_read_binary_file", "pg_ls_dir", "pg_stat_file", "lo_import",
         "lo_export", "lo_get", "dblink", "dblink_exec", "dblink_open", "dblink_fetch",
-        "csvread", "readcsv", "readparquet", "readjson",
-    }
-)  # fmt: skip
-
-# Functions with side effects or that reach outside the query: never allowed.
-DANGEROUS_FUNCTIONS = FILE_READERS | frozenset(
-    {
-        "set_config", "pg_terminate_backend", "pg_cancel_backend", "pg_reload_conf",
-        "pg_rotate_logfile", "pg_promote", "pg_switch_wal", "pg_create_restore_point",
-        "lo_from_bytea", "lo_put", "lo_unlink", "lo_create", "lo_open", "pg_file_write",
-        "pg_sleep", "pg_advisory_lock", "txid_current", "current_setting",
-        "getenv", "system", "shell",
-    }
-)  # fmt: skip
-
-# Set-returning functions whose rows derive only from their arguments.
-SAFE_TABLE_FUNCTIONS = frozenset(
-    {
-        "generate_series", "range", "unnest", "generate_subscripts", "json_each",
-        "json_each_text", "jsonb_each", "jsonb_each_text", "json_array_elements",
-        "jsonb_array_elements", "json_array_elements_text", "jsonb_array_elements_text",
-        "regexp_split_to_table", "string_to_table", "json_to_recordset",
-        "jsonb_to_recordset", "json_populate_recordset", "jsonb_populate_recordset",
-        "regexp_matches", "json_object_keys", "jsonb_object_keys", "exploding_generate_series",
-        "generate_date_array", "generate_timestamp_array", "explode",
-    }
-)  # fmt: skip
-
-# Functions sqlglot does not model but whose result is a plain transformation of
-# their arguments (lineage flows through them; the output counts as transformed).
-KNOWN_FUNCTIONS = frozenset(
-    {
-        "row", "to_json", "to_jsonb", "row_to_json", "json_build_object",
-        "jsonb_build_object", "json_build_array", "jsonb_build_array", "json_object",
-        "jsonb_object", "array_to_json", "jsonb_agg", "jsonb_object_agg", "json_object_agg",
-        "struct_pack", "list_value", "format", "concat_ws", "initcap", "translate", "btrim",
-        "ltrim", "rtrim", "lpad", "rpad", "split_part", "reverse", "overlay", "to_char",
-        "to_number", "to_date", "to_timestamp", "date_part", "date_trunc", "extract", "age",
-        "regexp_replace", "regexp_substr", "regexp_match", "regexp_matches", "substr",
-        "strpos", "position", "md5", "sha256", "sha224", "sha384", "sha512", "digest",
-        "encode", "decode", "quote_ident", "quote_literal", "quote_nullable", "ascii", "chr",
-        "repeat", "replace", "left", "right", "length", "char_length", "octet_length",
-        "bit_length", "lower", "upper", "trim", "nullif", "greatest", "least", "abs", "round",
-        "floor", "ceil", "ceiling", "array_agg", "string_agg", "array_length",
-        "array_to_string", "string_to_array", "array_cat", "array_append", "array_prepend",
-        "cardinality", "jsonb_extract_path", "jsonb_extract_path_text", "json_extract_path",
-        "json_extract_path_text", "jsonb_set", "jsonb_strip_nulls", "json_strip_nulls",
-        "jsonb_pretty", "mode", "percentile_cont", "percentile_disc", "bool_and", "bool_or",
-        "every", "first", "last", "any_value", "arbitrary", "list", "histogram", "struct_extract",
-        "list_extract", "hash", "md5_number", "epoch", "strftime", "strptime", "printf",
-        "text", "varchar", "concat", "prefix", "suffix", "starts_with", "contains", "ilike",
-        "like", "similar", "inet", "host", "width_bucket", "row_number", "rank", "dense_rank",
-        "ntile", "percent_rank", "cume_dist", "lag", "lead", "first_value", "last_value",
-        "nth_value",
+        "csvread", "readcsv", "readparquet", "readjson", "read_duckdb",
     }
 )  # fmt: skip
 
@@ -105,16 +59,9 @@ _CLAUSE_USAGE = {
     "distinct": Usage.GROUP,
 }
 
-_MAX_RECURSIVE_ROUNDS = 8
-
-
-def function_name(node: exp.Expr) -> str:
-    """Lower-case SQL name of a function node (``Anonymous`` or a modelled one)."""
-    if isinstance(node, exp.Anonymous):
-        return str(node.this).lower()
-    if isinstance(node, exp.Func):
-        return node.sql_name().lower()
-    return ""
+# A recursive CTE can move a value one column per round; its lineage is iterated
+# until no output's sources change. No fixpoint within this bound denies.
+_MAX_RECURSIVE_ROUNDS = 64
 
 
 @dataclass
@@ -123,18 +70,26 @@ class Flow:
 
     sources: set[ColumnRef] = field(default_factory=set)
     opaque: set[ColumnRef] = field(default_factory=set)
+    functions: set[str] = field(default_factory=set)  # unreviewed calls the value passes
     direct: bool = False
 
     def absorb(self, other: Flow) -> None:
         self.sources |= other.sources
         self.opaque |= other.opaque
+        self.functions |= other.functions
+
+    def take(self, out: OutputColumn) -> None:
+        self.sources |= out.sources
+        self.opaque |= out.opaque
+        self.functions |= out.functions
 
     def output(self, name: str) -> OutputColumn:
         return OutputColumn(
             name=name,
             sources=frozenset(self.sources),
-            transformed=not (self.direct and len(self.sources) == 1),
+            transformed=bool(self.functions) or not (self.direct and len(self.sources) == 1),
             opaque=frozenset(self.opaque),
+            functions=frozenset(self.functions),
         )
 
 
@@ -235,6 +190,7 @@ class QueryLineage:
         self.reads: dict[str, None] = {}  # ordered set
         self.unresolved: list[Unresolved] = []
         self.literals: list[LiteralSpan] = []
+        self.functions: dict[str, None] = {}  # unreviewed calls in views this query reads
         self._outputs: dict[int, list[OutputColumn]] = {}
         self._scope_of: dict[int, Scope] = {}
         self._cycle = False
@@ -262,6 +218,7 @@ class QueryLineage:
         for scope in scopes:
             self._scope_of[id(scope.expression)] = scope
         earlier_problems = list(self.unresolved)
+        recursive = False
         for _ in range(_MAX_RECURSIVE_ROUNDS):
             before = {k: list(v) for k, v in self._outputs.items()}
             self._cycle = False
@@ -270,7 +227,9 @@ class QueryLineage:
             self.unresolved = list(earlier_problems)
             for scope in scopes:
                 self._outputs[id(scope.expression)] = self._scope_outputs(scope, record=True)
-            if not self._cycle or self._outputs == before:
+            recursive = recursive or self._cycle
+            # A recursive CTE feeds its own outputs back: iterate until nothing changes.
+            if not recursive or self._outputs == before:
                 break
         else:
             self._fail("recursive-cte", "a recursive CTE's lineage did not converge", query)
@@ -298,17 +257,26 @@ class QueryLineage:
         if isinstance(expr, exp.Select):
             return self._select_outputs(scope, record=record)
         if isinstance(expr, exp.Values):
-            names = _alias_columns(expr) or [
-                f"column{i + 1}" for i in range(len(_first_row(expr)))
-            ]
-            return [OutputColumn(name) for name in names]
+            # Engine default names, overlaid by the alias list (PostgreSQL column1..,
+            # DuckDB col0..); values carry no base column, but expressions in them may.
+            width = len(_first_row(expr))
+            defaults = [f"column{i + 1}" if self.catalog.dialect == "postgres" else f"col{i}" for i in range(width)]
+            names = _overlay(_alias_columns(expr), defaults)
+            flows = [Flow() for _ in range(width)]
+            for row in expr.expressions:
+                cells = row.expressions if isinstance(row, exp.Tuple) else [row]
+                for i, cell in enumerate(cells[:width]):
+                    flows[i].absorb(self._flow(cell, scope, Usage.PROJECTED, record=record))
+            return [f.output(n) for f, n in zip(flows, names, strict=False)]
         if isinstance(expr, exp.Lateral):
             inner = scope.sources.get("")
             if isinstance(inner, Scope):
                 outs = self._outputs.get(id(inner.expression), [])
                 names = _alias_columns(expr)
-                if names and len(names) == len(outs):
-                    outs = [OutputColumn(n, o.sources, o.transformed, o.opaque) for n, o in zip(names, outs, strict=True)]
+                if names and len(names) > len(outs):
+                    self._fail("column-aliases", f"{len(names)} column aliases for a subquery of {len(outs)} columns", expr)
+                if names:
+                    outs = [replace(o, name=n) for n, o in zip(_overlay(names, [o.name for o in outs]), outs, strict=True)]
                 return list(outs)
             return self._udtf_outputs(expr, scope, record=record)
         if isinstance(expr, (exp.Unnest, exp.Func)):
@@ -326,48 +294,125 @@ class QueryLineage:
             self._fail("unsupported-query", "set operation branches differ in column count", scope.expression)
         outs = []
         for i in range(width):
-            srcs: set[ColumnRef] = set()
-            opaque: set[ColumnRef] = set()
+            flow = Flow()
             transformed = False
             for b in present:
                 if i < len(b):
-                    srcs |= b[i].sources
-                    opaque |= b[i].opaque
+                    flow.take(b[i])
                     transformed = transformed or b[i].transformed
             # Rows of different origins merge into one column: a copy only if all agree.
-            transformed = transformed or len(srcs) > 1
-            outs.append(OutputColumn(present[0][i].name, frozenset(srcs), transformed, frozenset(opaque)))
+            out = flow.output(present[0][i].name)
+            outs.append(replace(out, transformed=transformed or bool(flow.functions) or len(flow.sources) > 1))
         return outs
 
     def _udtf_outputs(self, expr: exp.Expr, scope: Scope, *, record: bool) -> list[OutputColumn]:
+        """A set-returning function used as a row source (``LATERAL f(x)``, ``unnest(a)``)."""
         fn = expr.this if isinstance(expr, exp.Lateral) else expr
+        if not isinstance(fn, exp.Func):
+            self._fail("unsupported-query", f"unsupported row source {fn.key}", expr)
+            return []
+        return self._srf_columns(fn, expr, scope, record=record)
+
+    def _srf_columns(self, fn: exp.Func, holder: exp.Expr, scope: Scope, *, record: bool) -> list[OutputColumn]:
+        """Output columns of a set-returning function, exactly as the engine names them.
+
+        The width comes from the function table, not from the alias list: a shorter
+        alias list renames the first columns and the rest keep their own names."""
+        call = classify_call(fn, self.catalog.dialect, self.catalog.user_functions, in_from=True)
+        if isinstance(fn, (exp.ReadCSV, exp.ReadParquet)) or call.name in FILE_READERS:
+            self._fail("file-reader", f"{call.name}() reads data from outside the catalog", holder)
+            return []
+        if call.dangerous:
+            self._fail("dangerous-function", f"{call.name}() runs SQL text, reads files or server state, or changes state", holder)
+            return []
+        info = call.info
+        if isinstance(fn, exp.Unnest) and info is None:
+            info = function_table_entry(self.catalog.dialect, "unnest")
+        if info is None or info.kind is not FunctionClass.TABLE:
+            self._fail(
+                "unknown-table-function",
+                f"table function {call.key}() is not one warden knows the output of; "
+                "ask an admin to review it, or select from a table or view",
+                holder,
+            )
+            return []
         flow = Flow()
-        for arg in _function_args(fn):
+        args = list(_function_args(fn))
+        for arg in args:
             flow.absorb(self._flow(arg, scope, Usage.PROJECTED, record=record))
-        names = _alias_columns(expr) or [expr.alias or "unnest"]
-        return [OutputColumn(n, frozenset(flow.sources), True, frozenset(flow.opaque)) for n in names]
+        names = self._srf_names(info, holder, len(args))
+        if names is None:
+            return []
+        return [replace(flow.output(n), transformed=True) for n in names]
+
+    def _srf_names(self, info: FunctionInfo, holder: exp.Expr, nargs: int) -> list[str] | None:
+        names, problem = srf_column_names(info, holder, nargs, self.catalog.dialect)
+        if problem:
+            self._fail(problem[0], problem[1], holder)
+            return None
+        return names
 
     def _select_outputs(self, select: Scope, *, record: bool) -> list[OutputColumn]:
         expr = select.expression
         assert isinstance(expr, exp.Select)
         for source in select.sources.values():
             if isinstance(source, exp.Table) and record:
+                if source.args.get("pivots"):
+                    # PIVOT's output columns come from the data itself.
+                    self._fail("engine-projection", "PIVOT/UNPIVOT output columns cannot be resolved before the query runs; aggregate with GROUP BY instead", source)
                 if isinstance(source.this, exp.Identifier):
                     self._check_table(source)
+                    # Every relation in FROM is read, whether or not a column of it is named.
+                    self._table_columns(source, select, record=True)
                 else:
                     self._table_function_columns(source, select, record=False)
         outs: list[OutputColumn] = []
         for projection in expr.selects:
-            if isinstance(projection, exp.Star) or (
-                isinstance(projection, exp.Column) and isinstance(projection.this, exp.Star)
-            ):
-                # A star qualify could not expand: some source has unknown columns.
-                self._fail("unknown-columns", "cannot expand * over a source with unknown columns", projection)
+            inner = projection.unalias()
+            if isinstance(inner, exp.Star) or (isinstance(inner, exp.Column) and isinstance(inner.this, exp.Star)):
+                expanded = self._expand_star(inner, select, record=record)
+                if expanded is None:
+                    # A star qualify could not expand: some source has unknown columns.
+                    self._fail("unknown-columns", "cannot expand * over a source with unknown columns", projection)
+                    continue
+                outs.extend(expanded)
                 continue
-            flow = self._flow(projection.unalias(), select, Usage.PROJECTED, record=record)
+            if isinstance(inner, (exp.Columns, exp.PositionalColumn)):
+                what = "COLUMNS(...)" if isinstance(inner, exp.Columns) else "a positional column (#n)"
+                self._fail(
+                    "engine-projection",
+                    f"{what} is resolved by the engine at run time, so warden cannot know which columns it returns; name the columns",
+                    projection,
+                )
+                continue
+            flow = self._flow(inner, select, Usage.PROJECTED, record=record)
             outs.append(flow.output(projection.alias_or_name))
         if record:
             self._record_clauses(select)
+        return outs
+
+    def _expand_star(self, star: exp.Expr, scope: Scope, *, record: bool) -> list[OutputColumn] | None:
+        """``*`` or ``t.*`` over sources qualify could not expand (set-returning
+        functions): expanded from the sources' known columns, or None."""
+        expr = scope.expression
+        if star.args.get("except_") or star.args.get("replace") or star.args.get("rename"):
+            return None
+        if any(j.args.get("using") or j.args.get("kind") == "NATURAL" or j.args.get("method") for j in expr.args.get("joins") or []):
+            return None  # USING/NATURAL merge columns: leave it to qualify
+        names = [star.table] if isinstance(star, exp.Column) and star.table else list(scope.selected_sources)
+        outs: list[OutputColumn] = []
+        for name in names:
+            found = self._find_source(name, scope)
+            if found is None:
+                return None
+            cols = self._source_columns(name, found[1], found[0], record=record)
+            if not cols:
+                return None
+            for col in cols:
+                if record:
+                    for src in col.sources:
+                        self.uses.add(ColumnUse(src, Usage.PROJECTED))
+            outs.extend(cols)
         return outs
 
     def _record_clauses(self, scope: Scope) -> None:
@@ -437,8 +482,7 @@ class QueryLineage:
                 self._fail("unsupported-query", "a subquery could not be analysed", node)
                 return
             for out in outs:
-                flow.sources |= out.sources
-                flow.opaque |= out.opaque
+                flow.take(out)
                 if record and usage is not Usage.PROJECTED:
                     for src in out.sources:
                         self.uses.add(ColumnUse(src, usage))
@@ -448,6 +492,7 @@ class QueryLineage:
             sink = Flow()
             for counted in node.iter_expressions():
                 self._flow_into(counted, scope, usage, sink, record)
+            flow.functions |= sink.functions
             return
         if isinstance(node, exp.Window):
             self._flow_into(node.this, scope, usage, flow, record)
@@ -459,17 +504,28 @@ class QueryLineage:
                     if isinstance(p, exp.Expr):
                         self._flow_into(p, scope, Usage.WINDOW, sink, record)
             return
-        if isinstance(node, exp.Func) and not isinstance(node, exp.Count):
-            name = function_name(node)
-            if name in DANGEROUS_FUNCTIONS:
-                self._fail("dangerous-function", f"function {name}() reads or changes state outside the query", node)
-            if isinstance(node, exp.Anonymous) and name not in KNOWN_FUNCTIONS:
-                # Unknown function: what it returns cannot be reasoned about.
+        if isinstance(node, exp.Dot) and isinstance(node.expression, exp.Func):
+            self._flow_into(node.expression, scope, usage, flow, record)  # schema.fn(...)
+            return
+        if isinstance(node, exp.Func):
+            call = classify_call(node, self.catalog.dialect, self.catalog.user_functions)
+            if call.dangerous:
+                self._fail("dangerous-function", f"function {call.name}() runs SQL text, reads files or server state, or changes state", node)
+                return
+            if call.info is None:
+                # Not a reviewed built-in: what it returns cannot be traced. Its
+                # arguments still flow; the policy's functions: section decides.
                 inner_flow = Flow()
                 for operand in node.iter_expressions():
                     self._flow_into(operand, scope, usage, inner_flow, record)
-                flow.sources |= inner_flow.sources
-                flow.opaque |= inner_flow.sources | inner_flow.opaque
+                flow.absorb(inner_flow)
+                flow.functions.add(call.key)
+                return
+            if call.info.kind is FunctionClass.COUNT:
+                tally = Flow()
+                for argument in node.iter_expressions():
+                    self._flow_into(argument, scope, usage, tally, record)
+                flow.functions |= tally.functions
                 return
         for sub in node.iter_expressions():
             self._flow_into(sub, scope, usage, flow, record)
@@ -508,8 +564,7 @@ class QueryLineage:
 
     def _add(self, flow: Flow, outs: list[OutputColumn], usage: Usage, record: bool) -> None:
         for out in outs:
-            flow.sources |= out.sources
-            flow.opaque |= out.opaque
+            flow.take(out)
             if record:
                 for src in out.sources:
                     self.uses.add(ColumnUse(src, usage))
@@ -538,6 +593,15 @@ class QueryLineage:
         self, alias: str, source: exp.Table | Scope, scope: Scope, *, record: bool
     ) -> list[OutputColumn]:
         if isinstance(source, Scope):
+            union = _recursive_union(source.expression, scope)
+            if union is not None:
+                # A recursive CTE's self-reference: sqlglot points it at the anchor
+                # branch, but its rows are the whole union's. Use the union's outputs
+                # from the previous round (the anchor's in the first) and iterate.
+                self._cycle = True
+                found = self._outputs.get(id(union))
+                if found is not None:
+                    return found
             outs = self._outputs.get(id(source.expression))
             if outs is None:
                 # A recursive CTE refers to itself before its union is known: use the
@@ -561,7 +625,10 @@ class QueryLineage:
             return []
         if record:
             self.reads[rel.qualified] = None
-        if rel.kind == "view" and rel.definition:
+        if rel.kind == "view":
+            if not rel.definition:
+                self._fail("view-unresolved", f"view {rel.qualified} has no definition warden can read, so its columns' lineage is unknown", table)
+                return []
             result = self.schemas.view_outputs(self.catalog, rel, self.views_stack)
             if isinstance(result, Unresolved):
                 self.unresolved.append(result)
@@ -569,24 +636,17 @@ class QueryLineage:
             if record:
                 for rel_name in result.reads:
                     self.reads[rel_name] = None
+                for fn in result.functions:
+                    self.functions[fn] = None
             return list(result.outputs)
         return [OutputColumn(c, frozenset({ColumnRef(rel.schema, rel.name, c)})) for c in rel.columns]
 
     def _table_function_columns(self, table: exp.Table, scope: Scope, *, record: bool) -> list[OutputColumn]:
         fn = table.this
-        name = function_name(fn) if isinstance(fn, exp.Expr) else ""
-        if isinstance(fn, (exp.ReadCSV, exp.ReadParquet)) or name in FILE_READERS:
-            self._fail("file-reader", f"{name or 'a file reader'}() reads data from outside the catalog", table)
+        if not isinstance(fn, exp.Func):
+            self._fail("unsupported-query", f"unsupported row source {fn.key if isinstance(fn, exp.Expr) else fn!r}", table)
             return []
-        if name not in SAFE_TABLE_FUNCTIONS:
-            self._fail("unknown-table-function", f"table function {name}() is not known to be safe", table)
-            return []
-        flow = Flow()
-        if isinstance(fn, exp.Expr):
-            for arg in _function_args(fn):
-                flow.absorb(self._flow(arg, scope, Usage.PROJECTED, record=record))
-        names = _alias_columns(table) or [table.alias or name]
-        return [OutputColumn(n, frozenset(flow.sources), True, frozenset(flow.opaque)) for n in names]
+        return self._srf_columns(fn, table, scope, record=record)
 
     def _check_table(self, table: exp.Table) -> None:
         if not isinstance(table.this, exp.Identifier):
@@ -639,6 +699,7 @@ class QueryLineage:
 class _ViewLineage:
     outputs: tuple[OutputColumn, ...]
     reads: tuple[str, ...]  # relations the view reads, nested views included
+    functions: tuple[str, ...] = ()  # unreviewed calls in the view's body, nested views included
 
 
 def _analyse_view(
@@ -657,8 +718,10 @@ def _analyse_view(
     if not isinstance(query, exp.Query):
         return Unresolved("view-unparseable", f"view {view.qualified} is not a query")
     path = (view.schema, *catalog.search_path)
+    annotate_calls(query, view.definition or "", catalog.dialect)
     normalize_identifiers(query, dialect=catalog.dialect)
     resolve_table_schemas(query, catalog, path)
+    complete_row_source_aliases(query, catalog)
     lineage = QueryLineage(catalog, path, views_stack=(*stack, view.qualified), schemas=schemas)
     try:
         qualified = lineage.qualify(query)
@@ -670,10 +733,115 @@ def _analyse_view(
         return Unresolved(first.code, f"in view {view.qualified}: {first.message}")
     if len(outs) != len(view.columns):
         return Unresolved("view-unresolved", f"view {view.qualified} has {len(view.columns)} columns but its definition gives {len(outs)}")
+    calls, problems = statement_calls(query, catalog)
+    if problems:
+        return Unresolved(problems[0].code, f"in view {view.qualified}: {problems[0].message}")
     return _ViewLineage(
-        tuple(OutputColumn(name, o.sources, o.transformed, o.opaque) for name, o in zip(view.columns, outs, strict=True)),
+        tuple(replace(o, name=name) for name, o in zip(view.columns, outs, strict=True)),
         tuple(lineage.reads),
+        tuple(dict.fromkeys((*calls, *lineage.functions))),
     )
+
+
+def srf_column_names(
+    info: FunctionInfo, holder: exp.Expr, nargs: int, dialect: str
+) -> tuple[list[str], tuple[str, str] | None]:
+    """The columns a set-returning function yields as the engine names them, given
+    the alias list on ``holder``; or a (code, message) problem."""
+    aliases = _alias_columns(holder)
+    alias = holder.alias if holder.args.get("alias") is not None else ""
+    spec = info.columns
+    if spec == ("*definition",):
+        if not aliases:
+            return [], ("column-definition", f"{info.name}() needs a column definition list (AS x(a int, ...))")
+        return aliases, None
+    if spec == ("=name",) or (spec == ("*args",) and (nargs <= 1 or dialect != "postgres")):
+        defaults = [alias or info.name]
+    elif spec == ("*args",):
+        defaults = [info.name] * nargs
+    else:
+        defaults = list(spec)
+    if len(aliases) > len(defaults):
+        return [], ("column-aliases", f"{len(aliases)} column aliases for {info.name}(), which returns {len(defaults)} columns")
+    return _overlay(aliases, defaults), None
+
+
+def complete_row_source_aliases(stmt: exp.Expr, catalog: Catalog) -> None:
+    """Spell out every set-returning function's full column list in its alias
+    (``jsonb_each(x) AS j(k)`` becomes ``AS j(k, value)``), so that star expansion
+    and column resolution see the width the engine really returns. Analysis only:
+    the statement that runs is the user's text."""
+    for node in list(stmt.find_all(exp.Table, exp.Unnest, exp.Lateral)):
+        holder: exp.Expr = node
+        if isinstance(node, (exp.Table, exp.Lateral)):
+            fn = node.this
+        elif isinstance(node.parent, (exp.From, exp.Join)):
+            fn = node
+        else:
+            continue
+        if not isinstance(fn, exp.Func):
+            continue
+        call = classify_call(fn, catalog.dialect, catalog.user_functions, in_from=True)
+        info = call.info
+        if info is None and isinstance(fn, exp.Unnest):
+            info = function_table_entry(catalog.dialect, "unnest")
+        if info is None or info.kind is not FunctionClass.TABLE or info.columns == ("*definition",):
+            continue
+        names, problem = srf_column_names(info, holder, len(list(_function_args(fn))), catalog.dialect)
+        if problem or names == _alias_columns(holder):
+            continue
+        current = holder.args.get("alias")
+        ident = current.this if isinstance(current, exp.TableAlias) and current.this else exp.to_identifier(names[0] if len(names) == 1 else info.name)
+        holder.set("alias", exp.TableAlias(this=ident, columns=[exp.to_identifier(n) for n in names]))
+
+
+def _recursive_union(anchor: exp.Expr, scope: Scope) -> exp.Expr | None:
+    """The union of a recursive CTE when ``anchor`` is its first branch and ``scope``
+    lies inside that union (the self-reference), else None."""
+    union = anchor.parent
+    if not isinstance(union, exp.SetOperation) or union.this is not anchor:
+        return None
+    cte = union.parent
+    with_ = cte.parent if isinstance(cte, exp.CTE) else None
+    if not isinstance(with_, exp.With) or not with_.args.get("recursive"):
+        return None
+    node: exp.Expr | None = scope.expression
+    while node is not None:
+        if node is union:
+            return union
+        node = node.parent
+    return None
+
+
+def statement_calls(stmt: exp.Expr, catalog: Catalog) -> tuple[list[str], list[Unresolved]]:
+    """Every call anywhere in ``stmt`` (any clause, any statement kind): the keys of
+    unreviewed ones, and a problem for each dangerous one. Row-source calls in FROM
+    are left to lineage, which knows their output columns."""
+    keys: dict[str, None] = {}
+    problems: list[Unresolved] = []
+    for node in stmt.find_all(exp.Func):
+        parent = node.parent
+        in_from = isinstance(parent, (exp.Table, exp.Lateral)) or (
+            isinstance(node, exp.Unnest) and isinstance(parent, (exp.From, exp.Join))
+        )
+        call = classify_call(node, catalog.dialect, catalog.user_functions, in_from=in_from)
+        if call.dangerous:
+            line, col = _position(node)
+            problems.append(
+                Unresolved("dangerous-function", f"function {call.name}() runs SQL text, reads files or server state, or changes state", line, col)
+            )
+        elif call.info is None and not in_from:
+            keys[call.key] = None
+    return list(keys), problems
+
+
+def function_table_entry(dialect: str, name: str) -> FunctionInfo | None:
+    return function_table(dialect).table(name)
+
+
+def _overlay(aliases: list[str], defaults: list[str]) -> list[str]:
+    """Column names after an alias list: the aliases rename the first columns."""
+    return aliases + defaults[len(aliases) :]
 
 
 def _alias_columns(expr: exp.Expr) -> list[str]:

@@ -70,12 +70,16 @@ class OutputColumn:
     ``transformed`` is False only for a plain copy of exactly one base column.
     ``opaque`` holds sources that pass through a function analysis does not know:
     what comes out of it cannot be reasoned about, so a classified one denies.
+    ``functions`` names the calls that are not reviewed built-ins (user-defined or
+    unknown, ``schema.name`` or ``name``) whose result flows into this column: the
+    policy's ``functions:`` section says what each reads, or the cell is denied.
     """
 
     name: str
     sources: frozenset[ColumnRef] = frozenset()
     transformed: bool = False
     opaque: frozenset[ColumnRef] = frozenset()
+    functions: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,9 @@ class StatementAnalysis:
     unresolved: tuple[Unresolved, ...] = ()
     literals: tuple[LiteralSpan, ...] = ()
     search_path: tuple[str, ...] = ()
+    # Calls of functions that are not reviewed built-ins, anywhere in the statement
+    # (views it reads included): ``schema.name`` when qualified, else ``name``.
+    functions: tuple[str, ...] = ()
 
     def columns_used(self, *usages: Usage) -> frozenset[ColumnRef]:
         wanted = set(usages)

@@ -3,6 +3,11 @@
 Each reference to a filtered table becomes ``(SELECT * FROM t WHERE pred) AS alias``,
 so the filter holds in CTEs, subqueries, joins, set operations and views' callers
 alike. UPDATE and DELETE targets get the predicate ANDed into their WHERE.
+
+A row filter belongs to the base table, so it follows every path to it: a view
+whose body reads a filtered table (directly or through other views) is replaced
+by its own body, rewritten the same way, as ``(SELECT ...) AS alias(columns)``.
+A view that cannot be rewritten raises, and the statement is not run.
 """
 
 from __future__ import annotations
@@ -53,18 +58,75 @@ def apply_row_filters(
             new = exp.and_(exp.paren(where.this.copy()), exp.paren(cond)) if isinstance(where, exp.Where) else cond
             stmt.set("where", exp.Where(this=new))
 
+    _rewrite_reads(stmt, predicates, catalog, skip=target, stack=())
+    return stmt.sql(dialect=dialect)
+
+
+_MAX_VIEW_DEPTH = 16
+
+
+def _rewrite_reads(
+    stmt: exp.Expr,
+    predicates: Mapping[str, exp.Expr],
+    catalog: Catalog,
+    *,
+    skip: exp.Expr | None,
+    stack: tuple[str, ...],
+) -> None:
     for table in list(stmt.find_all(exp.Table)):
-        if table is target or not isinstance(table.this, exp.Identifier):
+        if table is skip or not isinstance(table.this, exp.Identifier):
             continue
         if table.parent is stmt or (isinstance(table.parent, exp.Schema) and table.parent.parent is stmt):
             continue  # the written table of INSERT / CREATE, not a read
-        pred = predicates.get(_name(table))
-        if pred is None:
-            continue
+        name = _name(table)
+        pred = predicates.get(name)
         alias = table.alias or table.name
-        inner = exp.select("*").from_(exp.Table(this=table.this.copy(), db=table.args.get("db"))).where(pred.copy())
-        table.replace(exp.Subquery(this=inner, alias=exp.TableAlias(this=exp.to_identifier(alias))))
-    return stmt.sql(dialect=dialect)
+        if pred is not None:
+            inner = exp.select("*").from_(exp.Table(this=table.this.copy(), db=table.args.get("db"))).where(pred.copy())
+            table.replace(exp.Subquery(this=inner, alias=exp.TableAlias(this=exp.to_identifier(alias))))
+            continue
+        rel = catalog.get(table.db, table.name) if table.db else None
+        if rel is None or rel.kind != "view" or not _view_reads_filtered(rel.qualified, predicates, catalog, ()):
+            continue
+        body = _view_body(rel.qualified, catalog, stack)
+        _rewrite_reads(body, predicates, catalog, skip=None, stack=(*stack, rel.qualified))
+        columns = [exp.to_identifier(c) for c in rel.columns]
+        table.replace(exp.Subquery(this=body, alias=exp.TableAlias(this=exp.to_identifier(alias), columns=columns)))
+
+
+def _view_body(qualified: str, catalog: Catalog, stack: tuple[str, ...]) -> exp.Expr:
+    schema, _, name = qualified.partition(".")
+    rel = catalog.get(schema, name)
+    if rel is None or not rel.definition:
+        raise AnalysisError(f"cannot apply row filters: view {qualified} has no readable definition")
+    if qualified in stack or len(stack) > _MAX_VIEW_DEPTH:
+        raise AnalysisError(f"cannot apply row filters: view {qualified} nests too deeply or refers to itself")
+    try:
+        body = sqlglot.parse_one(rel.definition, dialect=catalog.dialect)
+    except sqlglot.errors.ParseError:
+        raise AnalysisError(f"cannot apply row filters: view {qualified} does not parse") from None
+    if not isinstance(body, exp.Query):
+        raise AnalysisError(f"cannot apply row filters: view {qualified} is not a query")
+    normalize_identifiers(body, dialect=catalog.dialect)
+    resolve_table_schemas(body, catalog, (rel.schema, *catalog.search_path))
+    return body
+
+
+def _view_reads_filtered(qualified: str, predicates: Mapping[str, exp.Expr], catalog: Catalog, stack: tuple[str, ...]) -> bool:
+    """Whether a view's body reads a filtered relation, through any number of views."""
+    if qualified in stack or len(stack) > _MAX_VIEW_DEPTH:
+        return True  # unknowable: rewrite, which then fails closed
+    body = _view_body(qualified, catalog, stack)
+    for table in body.find_all(exp.Table):
+        if not isinstance(table.this, exp.Identifier) or not table.db:
+            continue
+        name = _name(table)
+        if name in predicates:
+            return True
+        rel = catalog.get(table.db, table.name)
+        if rel is not None and rel.kind == "view" and _view_reads_filtered(rel.qualified, predicates, catalog, (*stack, qualified)):
+            return True
+    return False
 
 
 def _name(table: exp.Table) -> str:
