@@ -373,3 +373,215 @@ def test_composite_in_a_write_is_refused_not_run_twice(env: Env) -> None:
     run = post(env, "pg", "UPDATE orders SET amount = amount WHERE id = 1 RETURNING ROW(id, amount)", who=EVE)
     err = run.error
     assert err is None or err["code"] != "internal", err
+
+
+# --------------------------------------------------------------------------- (4) result shape
+
+
+def _outputs(*spec: tuple[str, bool]) -> tuple[Any, ...]:
+    from warden.sql.model import ColumnRef, OutputColumn
+
+    return tuple(OutputColumn(name, frozenset({ColumnRef("public", "t", name)}), transformed) for name, transformed in spec)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Mask:
+    operator: Any
+
+
+SHAPES: list[tuple[str, str, tuple[tuple[str, bool], ...], list[tuple[str, Any]], str | None]] = [
+    # (dialect, kind, analysis outputs (name, transformed), result fields, expected error code)
+    ("postgres", "select", (("id", False), ("email", False)), [("id", pa.int32()), ("email", pa.string())], None),
+    ("postgres", "select", (("k", False),), [("k", pa.string()), ("value", pa.string())], "result-shape-mismatch"),
+    ("postgres", "select", (("id", False), ("email", False), ("x", False)), [("id", pa.int32()), ("email", pa.string())], "result-shape-mismatch"),
+    ("postgres", "select", (("id", False), ("name", False)), [("id", pa.int32()), ("email", pa.string())], "result-shape-mismatch"),
+    ("postgres", "select", (("Id", False),), [("id", pa.int32())], "result-shape-mismatch"),  # PostgreSQL: exact
+    ("duckdb", "select", (("id", False),), [("Id", pa.int32())], None),  # DuckDB: case-insensitive
+    ("postgres", "select", (("_col_0", True),), [("?column?", pa.int32())], None),  # synthetic alias
+    ("duckdb", "select", (("email", True),), [("CAST(email AS INTEGER)", pa.int32())], None),  # engine's name for an expression
+    ("postgres", "select", (), [("x", pa.int32())], "result-shape-mismatch"),  # rows nobody predicted
+    ("postgres", "show", (), [("search_path", pa.string())], None),  # settings, not table data
+    ("postgres", "select", (("id", False),), [], "result-shape-mismatch"),
+]
+
+
+@pytest.mark.parametrize(("dialect", "kind", "outputs", "fields", "code"), SHAPES)
+def test_check_result_shape(dialect: str, kind: str, outputs: tuple[tuple[str, bool], ...], fields: list[tuple[str, Any]], code: str | None) -> None:
+    from warden.gateway.shape import ShapeMismatchError, check_result_shape
+    from warden.sql.model import StatementAnalysis
+
+    st = StatementAnalysis(index=2, kind=kind, sql="...", outputs=_outputs(*outputs))
+    schema = pa.schema(fields)
+    if code is None:
+        check_result_shape(st, schema, dialect)
+        return
+    with pytest.raises(ShapeMismatchError) as info:
+        check_result_shape(st, schema, dialect)
+    assert info.value.code == code
+    message = str(info.value)
+    assert "fail-closed/result-shape" in message and "statement 3" in message and "Nothing of this statement was sent" in message
+
+
+def test_check_result_shape_masks_every_type_or_refuses() -> None:
+    from warden.gateway.shape import check_result_shape
+    from warden.masking.operators import mask_array, parse_operator
+    from warden.sql.model import StatementAnalysis
+
+    types = [pa.struct([("a", pa.string())]), pa.list_(pa.string()), pa.map_(pa.string(), pa.string()), pa.month_day_nano_interval(),
+             pa.uuid(), pa.json_(), pa.opaque(pa.binary(), "xml", "PostgreSQL"), pa.binary(), pa.decimal128(10, 2), pa.time64("us")]  # fmt: skip
+    for t in types:
+        st = StatementAnalysis(index=0, kind="select", sql="...", outputs=_outputs(("c", True)))
+        for op in ("redact", "email", "last:4", "year", "hash", "null", "constant:x"):
+            check_result_shape(st, pa.schema([("c", t)]), "postgres", {0: _Mask(parse_operator(op))})
+            # ... and the mask really applies: no crash, and nothing of a value passes clear.
+            out = mask_array(pa.nulls(1, type=t), parse_operator(op), key=b"k")
+            assert len(out) == 1
+    value = pa.array([{"a": "ada@analytical.example"}])
+    for op in ("redact", "email", "last:4", "year"):
+        assert mask_array(value, parse_operator(op), key=b"k").to_pylist() == [None]  # whole value
+
+
+def test_stale_view_behind_the_catalog_is_stopped(env: Env) -> None:
+    # The gateway's catalog knows cust_view as (id, name); the database now has a third
+    # column (CREATE OR REPLACE VIEW may append) and cust_view2 a different second one.
+    for sql in ("SELECT * FROM cust_view", "SELECT * FROM cust_view2"):
+        warm = post(env, "pg", sql)  # the catalog is loaded and cached now
+        assert warm.error is None and warm.tables[0].column_names == ["id", "name"], warm.error
+    with psycopg.connect(env.pg_dsn, autocommit=True) as con:
+        con.execute("CREATE OR REPLACE VIEW cust_view AS SELECT id, name, email FROM customers")
+        con.execute("DROP VIEW cust_view2")
+        con.execute("CREATE VIEW cust_view2 AS SELECT id, email FROM customers")
+    for sql, what in (("SELECT * FROM cust_view", "returned 3 column(s)"), ("SELECT * FROM cust_view2", "is named 'email'")):
+        run = post(env, "pg", sql + "; SELECT 1 AS later")
+        err = run.error
+        assert err is not None and err["code"] == "result-shape-mismatch" and what in err["message"], err
+        assert not run.json_frames(b"S") and not run.json_frames(b"E") and not run.tables  # nothing of it, nothing after
+        evs = events(env, run)
+        done = completion(evs)
+        assert done["status"] in ("failed", "failure") and "fail-closed/result-shape" in done["error"]
+        assert_no_raw(env, "pg", run, evs)
+
+
+def test_table_function_wider_than_its_alias_list(env: Env) -> None:
+    # jsonb_each returns (key, value); the alias list names one. Either the analysis knows
+    # the real width (and masks the value by lineage) or the run-time check stops it.
+    sql = "SELECT j.* FROM customers c, jsonb_each(jsonb_build_object('e', c.email, 's', c.ssn)) AS j(k)"
+    run = post(env, "pg", sql)
+    assert run.status in (200, 403), run.body[:300]
+    if run.status == 200:
+        err = run.error
+        assert err is None or err["code"] == "result-shape-mismatch", err
+        if err is None:
+            assert run.tables[0].num_columns == 2
+    assert_no_raw(env, "pg", run, events(env, run))
+
+
+# The in-process pipeline (real DuckDB file, real audit store): what analysis predicts is
+# replaced by hand, or the database is changed behind the gateway's catalog cache.
+
+
+@pytest.fixture
+def inproc(tmp_path: Path) -> Iterator[Any]:
+    from warden.gateway.config import config_from_mapping
+    from warden.gateway.server import build
+
+    seed_duckdb(tmp_path / "data.duckdb")
+    policy = json.loads(json.dumps(POLICY))
+    del policy["connections"]["pg"]
+    (tmp_path / "policy.yaml").write_text(yaml.safe_dump(policy))
+    built = build(config_from_mapping({"policy": "policy.yaml", "mode": "shared", "state_dir": "state",
+                                       "auth": {"mode": "oidc", "issuer": "http://127.0.0.1:9", "audience": "warden"}}, base=tmp_path))  # fmt: skip
+    try:
+        yield built
+    finally:
+        built.close()
+
+
+def _frames(chunks: Any) -> list[tuple[bytes, dict[str, Any] | bytes]]:
+    out: list[tuple[bytes, dict[str, Any] | bytes]] = []
+    for kind, payload in read_frames(chunk_stream(iter(list(chunks)))):
+        out.append((kind, payload if kind == b"A" else json.loads(payload)))
+    return out
+
+
+def _last_failed(built: Any) -> dict[str, Any]:
+    built.flush()
+    rows: list[dict[str, Any]] = built.store.query(types="query.failed", limit=1).to_pylist()
+    assert rows, "no query.failed record"
+    return rows[0]
+
+
+def _duck(built: Any, sql: str) -> list[Any]:
+    con = built.gateway.executor("dk")._db.cursor()
+    try:
+        return list(con.execute(sql).fetchall())
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "what"),
+    [
+        ("SELECT id, name FROM customers", "SELECT id, name, email FROM customers", "returned 3 column(s)"),
+        # Same width, columns swapped: the mask for email would land on id, email go clear.
+        ("SELECT id, email FROM customers", "SELECT email, id FROM customers", "is named 'email'"),
+    ],
+)
+def test_duckdb_view_replaced_behind_the_catalog(inproc: Any, before: str, after: str, what: str) -> None:
+    from warden.gateway.service import CellRequest
+    from warden.policy.engine import Identity
+
+    ana = Identity("ana", frozenset({"analysts"}), {"region": "emea"})
+    _duck(inproc, f"CREATE VIEW v AS {before}")
+    ok = _frames(inproc.gateway.run_cell(ana, CellRequest("dk", "SELECT * FROM v")).frames)
+    assert not [f for f in ok if f[0] == b"X"]  # the catalog (with v as it was) is cached now
+    _duck(inproc, f"CREATE OR REPLACE VIEW v AS {after}")
+    out = inproc.gateway.run_cell(ana, CellRequest("dk", "SELECT * FROM v"))
+    frames = _frames(out.frames)
+    kinds = [k for k, _ in frames]
+    assert kinds == [b"C", b"X", b"T"], kinds  # nothing of the statement was framed
+    err = frames[1][1]
+    assert isinstance(err, dict) and err["code"] == "result-shape-mismatch" and what in err["message"]
+    rec = _last_failed(inproc)
+    assert rec["status"] == "failure" and "fail-closed/result-shape" in rec["error"]
+    raw = [v for row in _duck(inproc, "SELECT email, ssn FROM customers") for v in row]
+    text = json.dumps([f[1] for f in frames if isinstance(f[1], dict)]) + json.dumps(rec, default=str)
+    assert not any(v in text for v in raw)
+
+
+@pytest.mark.parametrize(
+    ("keep", "what"),
+    [
+        (lambda outs: outs[:2], "returned 3 column(s) but the analysis accounted for 2"),  # narrower than the result
+        (lambda outs: (outs[1], outs[0], outs[2]), "column 1 of the result is named 'id'"),  # shifted
+    ],
+)
+def test_analysis_that_disagrees_with_the_result_stops_the_cell(inproc: Any, keep: Any, what: str) -> None:
+    """A hand-made analysis that predicts fewer or other columns than the database returns
+    (what a wrong sqlglot expansion would give): the statement is stopped before its first
+    row, the audit record says so, and the statement after it never runs."""
+    from warden.gateway.service import CellRequest
+    from warden.policy.engine import Identity, decide
+    from warden.sql.analyze import analyze_cell
+
+    eve = Identity("eve", frozenset({"eng"}))
+    gw = inproc.gateway
+    sql = "SELECT id, email, ssn FROM customers; CREATE TABLE ran_after AS SELECT 1 AS x"
+    catalog = gw.catalog("dk")
+    real = analyze_cell(sql, catalog)
+    first = dataclasses.replace(real.statements[0], outputs=tuple(keep(real.statements[0].outputs)))
+    analysis = dataclasses.replace(real, statements=(first, *real.statements[1:]))
+    decision = decide(gw.policy, eve, analysis, "dk", taints={})
+    assert decision.action in ("allow", "mask"), decision
+    req = CellRequest("dk", sql, context={"session_id": "s-hand"})
+    base = gw.base_event(eve, req.context)
+    frames = _frames(gw._execute(eve, req, analysis, decision, base, "q_hand", {"action": decision.action}, gw._limits(eve, req), time.monotonic(), catalog))
+    kinds = [k for k, _ in frames]
+    assert kinds == [b"C", b"X", b"T"], kinds
+    err = frames[1][1]
+    assert isinstance(err, dict) and err["code"] == "result-shape-mismatch" and what in err["message"], err
+    assert _duck(inproc, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'ran_after'") == [(0,)]
+    rec = _last_failed(inproc)
+    assert rec["status"] == "failure" and what in rec["error"] and rec["rows"] == 0
+    raw = [v for row in _duck(inproc, "SELECT email, ssn FROM customers") for v in row]
+    assert not any(v in json.dumps(rec, default=str) + json.dumps(frames, default=str) for v in raw)
