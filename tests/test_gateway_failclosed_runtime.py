@@ -33,7 +33,7 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from gateway_harness import POLICY, GatewayProcess, seed_duckdb, seed_postgres
+from gateway_harness import CUSTOMERS, POLICY, GatewayProcess, seed_duckdb, seed_postgres
 from oidc_issuer import OIDCIssuer
 from pgserver import PostgresServer
 from warden.gateway.client import GatewayClient
@@ -451,7 +451,7 @@ def test_stale_view_behind_the_catalog_is_stopped(env: Env) -> None:
         con.execute("CREATE OR REPLACE VIEW cust_view AS SELECT id, name, email FROM customers")
         con.execute("DROP VIEW cust_view2")
         con.execute("CREATE VIEW cust_view2 AS SELECT id, email FROM customers")
-    for sql, what in (("SELECT * FROM cust_view", "returned 3 column(s)"), ("SELECT * FROM cust_view2", "is named 'email'")):
+    for sql, what in (("SELECT * FROM cust_view", " 3 column(s) but the analysis accounted for 2"), ("SELECT * FROM cust_view2", "is named 'email'")):
         run = post(env, "pg", sql + "; SELECT 1 AS later")
         err = run.error
         assert err is not None and err["code"] == "result-shape-mismatch" and what in err["message"], err
@@ -585,3 +585,81 @@ def test_analysis_that_disagrees_with_the_result_stops_the_cell(inproc: Any, kee
     assert rec["status"] == "failure" and what in rec["error"] and rec["rows"] == 0
     raw = [v for row in _duck(inproc, "SELECT email, ssn FROM customers") for v in row]
     assert not any(v in json.dumps(rec, default=str) + json.dumps(frames, default=str) for v in raw)
+
+
+@pytest.fixture
+def pg_inproc(postgres: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    from warden.gateway.config import config_from_mapping
+    from warden.gateway.server import build
+
+    dsn = postgres.create_database(prefix="origins")
+    seed_postgres(dsn)
+    monkeypatch.setenv("WARDEN_TEST_PG_DSN", dsn)
+    seed_duckdb(tmp_path / "data.duckdb")
+    (tmp_path / "policy.yaml").write_text(yaml.safe_dump(POLICY))
+    built = build(config_from_mapping({"policy": "policy.yaml", "mode": "shared", "state_dir": "state",
+                                       "auth": {"mode": "oidc", "issuer": "http://127.0.0.1:9", "audience": "warden"}}, base=tmp_path))  # fmt: skip
+    try:
+        yield built
+    finally:
+        built.close()
+
+
+def test_postgres_row_description_cross_checks_the_lineage(pg_inproc: Any) -> None:
+    """Same width, same names, but the analysis traced the columns to the wrong sources
+    (what a search_path or join mix-up in the analysis would give): the row description's
+    table OID and attribute number disagree, and the statement stops before it runs."""
+    from warden.gateway.service import CellRequest
+    from warden.policy.engine import Identity, decide
+    from warden.sql.analyze import analyze_cell
+
+    ana = Identity("ana", frozenset({"analysts"}), {"region": "emea"})
+    gw = pg_inproc.gateway
+    sql = "SELECT name AS a, email AS b FROM customers ORDER BY id"
+    catalog = gw.catalog("pg")
+    real = analyze_cell(sql, catalog)
+
+    def run(analysis: Any) -> list[tuple[bytes, Any]]:
+        decision = decide(gw.policy, ana, analysis, "pg", taints={})
+        req = CellRequest("pg", sql, context={"session_id": "s-origin"})
+        base = gw.base_event(ana, req.context)
+        return _frames(gw._execute(ana, req, analysis, decision, base, "q_origin", {}, gw._limits(ana, req), time.monotonic(), catalog))
+
+    control = run(real)  # the true lineage: b (email) masked, a (name) clear
+    assert [k for k, _ in control] == [b"C", b"S", b"A", b"A", b"E", b"T"]
+    ipc = b"".join(p for k, p in control if k == b"A")
+    rows = pa.ipc.open_stream(ipc).read_all().to_pylist()
+    assert rows[0] == {"a": "Ada Lovelace", "b": "****@analytical.example"}
+
+    a, b = real.statements[0].outputs
+    swapped = (dataclasses.replace(a, sources=b.sources), dataclasses.replace(b, sources=a.sources))
+    wrong = dataclasses.replace(real, statements=(dataclasses.replace(real.statements[0], outputs=swapped),))
+    frames = run(wrong)
+    assert [k for k, _ in frames] == [b"C", b"X", b"T"]
+    err = frames[1][1]
+    assert err["code"] == "result-origin-mismatch" and "public.customers.name" in err["message"], err
+    raw = [v for _, _, email, ssn, _ in CUSTOMERS for v in (email, ssn)]
+    assert not any(v in json.dumps(frames, default=str) for v in raw)
+
+
+@pytest.mark.parametrize(
+    ("origins", "ok"),
+    [
+        (None, True),  # the engine cannot tell: no check
+        ([("public", "t", "id"), None], True),
+        ([("public", "t", "email"), None], False),  # output 1 is traced to t.id
+        ([("public", "t", "id")], False),  # width differs
+        ([None, ("public", "t", "email")], True),
+        ([None, ("other", "t", "email")], False),  # another schema's table of that name
+    ],
+)
+def test_check_origins(origins: Any, ok: bool) -> None:
+    from warden.gateway.shape import ShapeMismatchError, check_origins
+    from warden.sql.model import StatementAnalysis
+
+    st = StatementAnalysis(index=0, kind="select", sql="...", outputs=_outputs(("id", False), ("email", True)))
+    if ok:
+        check_origins(st, origins)
+    else:
+        with pytest.raises(ShapeMismatchError):
+            check_origins(st, origins)

@@ -80,6 +80,12 @@ class Executor:
     def estimate_rows(self, sql: str, params: Sequence[Any]) -> int | None:
         return None
 
+    def describe_origins(self, sql: str) -> list[tuple[str, str, str] | None] | None:
+        """Per result column, the base-table column it is a plain reference to (schema,
+        table, column), as the database itself resolves the query; None where it is not
+        one. None for all: the engine cannot tell without running the query."""
+        return None
+
     def close(self) -> None:
         return None
 
@@ -445,6 +451,40 @@ class PostgresExecutor(Executor):
             return None
         plan = row[0][0]["Plan"] if isinstance(row[0], list) else None
         return int(plan.get("Plan Rows", 0)) if isinstance(plan, dict) else None
+
+    def describe_origins(self, sql: str) -> list[tuple[str, str, str] | None] | None:
+        """The row description's table OID and attribute number of each result column
+        (Parse and Describe of the statement: nothing runs), named from pg_class and
+        pg_attribute. Columns of views are not resolved further (None); so are
+        expressions. None when the statement cannot be described (it will fail to run)."""
+        import psycopg
+
+        try:
+            with self._pool.connection() as conn:
+                try:
+                    pg = conn.pgconn
+                    if pg.prepare(b"", sql.encode(), None).status != psycopg.pq.ExecStatus.COMMAND_OK:
+                        return None
+                    desc = pg.describe_prepared(b"")
+                    if desc.status != psycopg.pq.ExecStatus.COMMAND_OK:
+                        return None
+                    cols = [(int(desc.ftable(i)), int(desc.ftablecol(i))) for i in range(desc.nfields)]
+                    oids = sorted({t for t, _ in cols if t})
+                    names: dict[tuple[int, int], tuple[str, str, str]] = {}
+                    if oids:
+                        rows = conn.execute(
+                            "SELECT c.oid::int, n.nspname::text, c.relname::text, a.attnum::int, a.attname::text "
+                            "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                            "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
+                            "WHERE c.oid = ANY(%s) AND c.relkind IN ('r', 'p', 'f', 'm')",
+                            (oids,),
+                        ).fetchall()
+                        names = {(oid, num): (schema, rel, att) for oid, schema, rel, num, att in rows}
+                finally:
+                    conn.rollback()
+        except psycopg.Error:
+            return None
+        return [names.get(c) for c in cols]
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

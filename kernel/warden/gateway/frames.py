@@ -5,8 +5,9 @@ Each frame is one type byte, a 4-byte big-endian length and the payload:
     C  JSON  the cell: decision, event id, statements            (once, first)
     S  JSON  a statement starts: index, kind, columns, masks
     A  bytes a chunk of that statement's Arrow IPC stream
-    E  JSON  the statement ended: rows, bytes, truncated, detectors
-    X  JSON  an error: code, message (the cell stops here)
+    E  JSON  the statement ended: rows, bytes, truncated, detectors (column, position,
+             detector, rows: what the second net masked, never a value)
+    X  JSON  an error: code, message (redacted), sqlstate (the cell stops here)
     T  JSON  the trailer: status, duration, completion event id   (once, last)
 
 Arrow IPC streams are self-delimiting, so a client concatenates a statement's A

@@ -35,7 +35,7 @@ from warden.gateway.execute import (
     PostgresExecutor,
 )
 from warden.gateway.frames import json_frame
-from warden.gateway.shape import check_result_shape
+from warden.gateway.shape import check_origins, check_result_shape
 from warden.masking.detectors import scan_and_mask_values
 from warden.masking.operators import mask_array
 from warden.policy.conditions import Deferred, parse_condition
@@ -501,6 +501,10 @@ class Gateway:
                     sql = apply_sql_masks(sql, [o.name for o in st.outputs], sql_masks, analysis.dialect)
                 returns_rows = bool(st.outputs) and st.kind in ("select", "insert", "update", "delete", "merge")
                 sql, params = statement_params(sql, analysis.dialect, req.params)
+                if returns_rows:
+                    # The database's own account of each column (PostgreSQL's row
+                    # description), before anything runs: independent of sqlglot.
+                    check_origins(st, executor.describe_origins(sql))
                 result = executor.run(sql, params, limits, cancel, returns_rows=returns_rows, retry_safe=st.kind == "select")
                 rows = size = 0
                 truncated = False

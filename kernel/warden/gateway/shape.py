@@ -29,9 +29,10 @@ from warden.gateway.execute import ExecutionError
 from warden.masking.operators import mask_supported
 from warden.sql.model import StatementAnalysis
 
-__all__ = ["SHAPE_RULE", "ShapeMismatchError", "check_result_shape"]
+__all__ = ["ORIGIN_RULE", "SHAPE_RULE", "ShapeMismatchError", "check_origins", "check_result_shape"]
 
 SHAPE_RULE: Final = "fail-closed/result-shape"
+ORIGIN_RULE: Final = "fail-closed/result-origin"
 _SYNTHETIC: Final = re.compile(r"^_col_\d+$")
 # Statements that return the engine's own metadata (settings, plans), not table values.
 _METADATA_KINDS: Final = frozenset({"show", "explain"})
@@ -95,4 +96,40 @@ def check_result_shape(
                 f"that the mask {m.operator.spec!r} cannot apply to; nothing of this statement was sent. "
                 "Cast the column to text in the query, or ask an admin for a mask that fits its type.",
                 code="mask-unsupported-type",
+            )
+
+
+def check_origins(st: StatementAnalysis, origins: Sequence[tuple[str, str, str] | None] | None) -> None:
+    """The cross-check that does not depend on sqlglot (PostgreSQL).
+
+    ``origins`` is what the database's row description says each result column is a plain
+    reference to (``PostgresExecutor.describe_origins``). Where it names a base-table
+    column, that column must be among the analysis's sources of the output at that
+    position: otherwise classification and masks were decided for some other column.
+    """
+    if origins is None:
+        return
+    number = st.index + 1
+    if len(origins) != len(st.outputs):
+        if not st.outputs and st.kind in _METADATA_KINDS:
+            return
+        raise ShapeMismatchError(
+            f"[{SHAPE_RULE}] statement {number}: the database describes {len(origins)} column(s) "
+            f"but the analysis accounted for {len(st.outputs)}; nothing of this statement ran or was sent. "
+            "Give every output column an alias, list every column a table function returns in its alias list, "
+            "or ask an admin to refresh the catalog if a view changed."
+        )
+    for pos, (origin, out) in enumerate(zip(origins, st.outputs, strict=True)):
+        if origin is None:
+            continue
+        schema, table, column = origin
+        known = {(s.schema, s.table, s.column) for s in out.sources} | {(s.schema, s.table, s.column) for s in out.opaque}
+        if (schema, table, column) not in known:
+            traced = ", ".join(sorted(s.qualified for s in out.sources)) or "no column"
+            raise ShapeMismatchError(
+                f"[{ORIGIN_RULE}] statement {number}: column {pos + 1} ({out.name!r}) of the result is "
+                f"{schema}.{table}.{column} in the database, but the analysis traced it to {traced}; "
+                "nothing of this statement ran or was sent. Qualify the columns with their table, "
+                "or ask an admin to check the connection's search_path against the policy's.",
+                code="result-origin-mismatch",
             )
