@@ -859,7 +859,10 @@ def _first_row(values: exp.Values) -> list[exp.Expr]:
 
 
 def _function_args(fn: exp.Expr) -> Iterator[exp.Expr]:
-    yield from fn.iter_expressions()
+    """A call's arguments (an ``unnest``'s alias is a child node, not an argument)."""
+    for arg in fn.iter_expressions():
+        if not isinstance(arg, exp.TableAlias):
+            yield arg
 
 
 def _conjuncts(node: exp.Expr) -> Iterator[exp.Expr]:
