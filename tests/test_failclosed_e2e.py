@@ -19,9 +19,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
-
 import duckdb
+import httpx
 import psycopg
 import pytest
 import yaml
