@@ -43,6 +43,7 @@ from warden.sql.model import (
     Unresolved,
     Usage,
 )
+from warden.sql.settings import setting_allowed
 
 # sqlglot warns on every statement it parses as a generic Command; those are
 # reported as unresolved here instead.
@@ -441,6 +442,8 @@ def _dispatch(stmt: exp.Expr, kind: str, base: StatementAnalysis, lineage: Query
     if isinstance(stmt, (exp.Drop, exp.Alter, exp.TruncateTable, exp.Comment, exp.Grant, exp.Revoke)):
         tables = [t for t in stmt.find_all(exp.Table) if isinstance(t.this, exp.Identifier)]
         return replace(base, writes=tuple(dict.fromkeys(_table_name(t) for t in tables)))
+    if isinstance(stmt, exp.Set):
+        return _set(stmt, base, lineage.catalog)
     if isinstance(stmt, (exp.Transaction, exp.Commit, exp.Rollback)):
         return base
     if kind == "other":
@@ -535,6 +538,13 @@ def _command(stmt: exp.Command, base: StatementAnalysis, catalog: Catalog, path:
         lowered = body.lower()
         if re.match(r"^\s*(session\s+|local\s+)?(role|session\s+authorization)\b", lowered):
             return replace(base, unresolved=(Unresolved("privilege-change", f"SET {body.split()[0] if body.split() else ''} changes privileges inside the database"),))
+        if word == "SET":
+            m = re.match(r"^\s*(?:session\s+|local\s+)?([A-Za-z_][\w.]*|\"[^\"]+\")", body)
+            name = m.group(1) if m else ""
+            if name.lower() == "time" and re.match(r"^\s*(?:session\s+|local\s+)?time\s+zone\b", lowered):
+                name = "time zone"
+            if not setting_allowed(catalog.dialect, name):
+                return replace(base, unresolved=(_unknown_setting(name),))
         return base
     if kind == "explain":
         inner_text = re.sub(r"^\s*(\([^)]*\)\s*)?", "", body)
@@ -550,6 +560,33 @@ def _command(stmt: exp.Command, base: StatementAnalysis, catalog: Catalog, path:
     if kind == "show":
         return base
     return replace(base, unresolved=(Unresolved("unsupported-statement", f"{word} is not a statement the gateway can analyse"),))
+
+
+def _unknown_setting(name: str) -> Unresolved:
+    return Unresolved(
+        "setting",
+        f"SET {name or '?'} is not a session setting warden knows to be safe (it may change what a query "
+        "reads or reaches); see docs/policy.md for the settings a cell may change",
+    )
+
+
+def _set(stmt: exp.Set, base: StatementAnalysis, catalog: Catalog) -> StatementAnalysis:
+    problems: list[Unresolved] = []
+    for item in stmt.expressions:
+        if not isinstance(item, exp.SetItem):
+            continue
+        if str(item.args.get("kind") or "").upper() == "VARIABLE":
+            problems.append(Unresolved("setting", "SET VARIABLE keeps a value across statements, where analysis cannot follow it"))
+            continue
+        target = item.this.this if isinstance(item.this, exp.EQ) else item.this
+        name = target.sql(dialect=catalog.dialect) if isinstance(target, exp.Expr) else str(target or "")
+        if isinstance(target, exp.Column):
+            name = ".".join(p.name for p in target.parts)
+        if not setting_allowed(catalog.dialect, name):
+            problems.append(_unknown_setting(name))
+        elif isinstance(item.this, exp.Expr) and item.this.find(exp.Query) is not None:
+            problems.append(Unresolved("setting", f"SET {name} to the result of a query is not supported"))
+    return replace(base, unresolved=tuple(problems))
 
 
 def _insert(stmt: exp.Insert, base: StatementAnalysis, lineage: QueryLineage) -> StatementAnalysis:

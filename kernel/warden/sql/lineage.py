@@ -357,9 +357,6 @@ class QueryLineage:
         assert isinstance(expr, exp.Select)
         for source in select.sources.values():
             if isinstance(source, exp.Table) and record:
-                if source.args.get("pivots"):
-                    # PIVOT's output columns come from the data itself.
-                    self._fail("engine-projection", "PIVOT/UNPIVOT output columns cannot be resolved before the query runs; aggregate with GROUP BY instead", source)
                 if isinstance(source.this, exp.Identifier):
                     self._check_table(source)
                     # Every relation in FROM is read, whether or not a column of it is named.
@@ -461,6 +458,12 @@ class QueryLineage:
         return flow
 
     def _flow_into(self, node: exp.Expr, scope: Scope, usage: Usage, flow: Flow, record: bool) -> None:
+        if isinstance(node, exp.Star):
+            # A bare * inside an expression (DuckDB ``* LIKE 'e%'``, ``f(*)``) stands for
+            # columns the engine picks at run time; only count(*) is plain.
+            if not isinstance(node.parent, exp.Count):
+                self._fail("engine-projection", "a * inside an expression selects columns the engine picks at run time; name the columns", node)
+            return
         if isinstance(node, exp.Column):
             self._column_flow(node, scope, usage, flow, record)
             return
@@ -819,6 +822,17 @@ def statement_calls(stmt: exp.Expr, catalog: Catalog) -> tuple[list[str], list[U
     are left to lineage, which knows their output columns."""
     keys: dict[str, None] = {}
     problems: list[Unresolved] = []
+    for pivot in stmt.find_all(exp.Pivot):
+        line, col = _position(pivot)
+        problems.append(
+            Unresolved(
+                "engine-projection",
+                "PIVOT/UNPIVOT output columns come from the data, so they cannot be resolved before the query runs; "
+                "aggregate with GROUP BY or CASE instead",
+                line,
+                col,
+            )
+        )
     for node in stmt.find_all(exp.Func):
         parent = node.parent
         in_from = isinstance(parent, (exp.Table, exp.Lateral)) or (
