@@ -55,7 +55,7 @@ def stopped_gateway(tmp_path: Path) -> Iterator[GatewayProcess]:
     gw = GatewayProcess(tmp_path, dict(os.environ), config)
     try:
         gw.start()
-        for _ in range(4):  # junk tokens: each refusal is an audited auth.failure
+        for _ in range(4):  # junk tokens: refusals are audited (auth.failure)
             assert httpx.post(gw.url + "/v1/cells", json={"connection": "dk", "sql": "SELECT 1"}, headers={"authorization": "Bearer junk"}).status_code == 401
         assert gw.stop() in (0, -15)
         yield gw

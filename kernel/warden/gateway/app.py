@@ -6,7 +6,6 @@ status; a malformed request is a 400 that says what is wrong.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -20,12 +19,15 @@ from starlette.routing import Route
 from warden import __version__
 from warden.errors import WardenError
 from warden.gateway.approvals import ApprovalError
+from warden.gateway.authfail import AuthFailures
 from warden.gateway.frames import CONTENT_TYPE
 from warden.gateway.service import AuditUnavailableError, CellRequest, Gateway
 from warden.policy.engine import Identity, matching_roles
 
 Authenticate = Callable[[str | None], Identity]
 MAX_BODY = 4 << 20  # 4 MiB of SQL and parameters is plenty; more is an error
+MAX_DEPTH = 32  # JSON nesting: requests are flat objects; deeper is an error, not a RecursionError
+_MAX_INT = (1 << 63) - 1  # the audit store's BIGINT
 
 
 class HTTPError(Exception):
@@ -43,30 +45,24 @@ def create_app(gateway: Gateway, authenticate: Authenticate, *, audit_reader: An
     """The ASGI app. ``authenticate`` maps the Authorization header to an Identity or
     raises a WardenError with a ``code``; ``audit_reader`` serves /v1/audit."""
 
+    # Refused tokens are counted per source and interval, not written one by one.
+    failures = AuthFailures(
+        lambda ip: gateway.base_event(Identity(subject="(unauthenticated)"), {}, ip),
+        gateway.audit_later,
+        interval=gateway.config.auth.failure_window_seconds,
+    )
+
     async def identity_of(request: Request) -> Identity:
         header = request.headers.get("authorization")
         try:
             return await run_in_threadpool(authenticate, header)
         except WardenError as exc:
             code = getattr(exc, "code", "unauthorized")
-            ip = request.client.host if request.client else ""
-            ev = gateway.base_event(Identity(subject="(unauthenticated)"), {}, ip)
-            ev.update(type="auth.failure", status="denied", error=f"{code}: {exc}")
-            with contextlib.suppress(AuditUnavailableError):
-                await run_in_threadpool(gateway.audit, [ev])
+            failures.note(request.client.host if request.client else "", str(code), str(exc))
             raise HTTPError(401, f"auth/{code}", str(exc)) from None
 
     async def body_of(request: Request) -> dict[str, Any]:
-        raw = await request.body()
-        if len(raw) > MAX_BODY:
-            raise HTTPError(413, "too-large", f"request body over {MAX_BODY} bytes")
-        try:
-            data = json.loads(raw or b"{}")
-        except (ValueError, UnicodeDecodeError):
-            raise HTTPError(400, "bad-json", "the request body is not valid JSON") from None
-        if not isinstance(data, dict):
-            raise HTTPError(400, "bad-request", "the request body must be a JSON object")
-        return data
+        return parse_body(await read_body(request))
 
     def handler(fn: Callable[[Request], Any]) -> Callable[[Request], Any]:
         async def wrapped(request: Request) -> Response:
@@ -180,8 +176,12 @@ def create_app(gateway: Gateway, authenticate: Authenticate, *, audit_reader: An
                 items = data["events"]
                 if not isinstance(items, list):
                     raise ValueError("'events' must be a list of events")
+                for i, item in enumerate(items):
+                    if isinstance(item, dict):
+                        check_context(item.get("context"), f"events[{i}].context")
                 ids = await run_in_threadpool(lambda: gateway.record_kernel_events(who, items, client_ip=ip))
                 return JSONResponse({"event_ids": ids}, status_code=201)
+            check_context(data.get("context"))
             event_id = await run_in_threadpool(lambda: gateway.record_kernel_event(who, data, client_ip=ip))
         except ValueError as exc:
             raise HTTPError(400, "bad-request", str(exc)) from None
@@ -245,7 +245,78 @@ def create_app(gateway: Gateway, authenticate: Authenticate, *, audit_reader: An
     async def method_not_allowed(request: Request, exc: Exception) -> Response:
         return error_response(405, "method-not-allowed", f"{request.method} is not allowed on {request.url.path}")
 
-    return Starlette(routes=routes, exception_handlers={404: not_found, 405: method_not_allowed})
+    app = Starlette(routes=routes, exception_handlers={404: not_found, 405: method_not_allowed})
+    app.state.auth_failures = failures  # closed (remaining counts recorded) with the gateway
+    return app
+
+
+async def read_body(request: Request, limit: int = MAX_BODY) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed ``limit``: from
+    Content-Length before reading, else while reading (never buffered past the limit)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise HTTPError(413, "too-large", f"request body over {limit} bytes")
+        except ValueError:
+            raise HTTPError(400, "bad-request", "Content-Length is not a number") from None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPError(413, "too-large", f"request body over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(raw or b"{}")
+    except RecursionError:
+        raise HTTPError(400, "bad-json", f"the request body nests JSON deeper than {MAX_DEPTH} levels") from None
+    except (ValueError, UnicodeDecodeError):
+        raise HTTPError(400, "bad-json", "the request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise HTTPError(400, "bad-request", "the request body must be a JSON object")
+    if _too_deep(data, MAX_DEPTH):
+        raise HTTPError(400, "bad-json", f"the request body nests JSON deeper than {MAX_DEPTH} levels")
+    return data
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    """Iterative (a recursive walk would hit the same RecursionError)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return False
+
+
+#: Context fields that go into audit records, with the type each must have.
+_CONTEXT_STR = ("session_id", "kernel_id", "notebook_path", "cell_id", "cell_run_id")
+
+
+def check_context(context: Any, where: str = "'context'") -> dict[str, Any]:
+    """The request context, or a 400 naming the bad field (before anything is audited:
+    a value the audit record cannot hold must not surface as "audit unavailable")."""
+    if context is None:
+        return {}
+    if not isinstance(context, dict):
+        raise HTTPError(400, "bad-request", f"{where} must be an object")
+    for key in _CONTEXT_STR:
+        value = context.get(key)
+        if value is not None and (not isinstance(value, str) or len(value) > 4096):
+            raise HTTPError(400, "bad-request", f"{where}.{key} must be a string (at most 4096 characters)")
+    count = context.get("execution_count")
+    if count is not None and (not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= _MAX_INT):
+        raise HTTPError(400, "bad-request", f"{where}.execution_count must be a non-negative integer or null")
+    return context
 
 
 _CHUNK = 256 << 10
@@ -276,9 +347,7 @@ def _cell_request(data: dict[str, Any]) -> CellRequest:
     params = data.get("params", [])
     if not isinstance(params, list) or not all(isinstance(p, (str, int, float, bool)) or p is None for p in params):
         raise HTTPError(400, "bad-request", "'params' must be a list of JSON scalars (bound as $1, $2, ...)")
-    context = data.get("context", {})
-    if not isinstance(context, dict):
-        raise HTTPError(400, "bad-request", "'context' must be an object")
+    context = check_context(data.get("context", {}))
     approval_id = data.get("approval_id")
     if approval_id is not None and not isinstance(approval_id, str):
         raise HTTPError(400, "bad-request", "'approval_id' must be a string")

@@ -35,6 +35,7 @@ SETTINGS: dict[str, tuple[str, ...]] = {
     "auth": (
         "mode", "issuer", "audience", "groups_claim", "attribute_claims", "token_file",
         "jwks_cache_seconds", "leeway_seconds", "local_groups", "local_attributes",
+        "failure_window_seconds",
     ),
     "audit": ("store", "store_env", "checkpoint_every", "checkpoint_seconds", "checkpoint_file"),
     "approvals": ("store", "store_env", "ttl_seconds", "uses", "webhook", "max_wait_seconds"),
@@ -56,6 +57,7 @@ class AuthSettings:
     token_file: str = ""  # local mode: the bearer token kernels must present
     jwks_cache_seconds: int = 300
     leeway_seconds: int = 30
+    failure_window_seconds: float = 60.0  # refused requests: one audit record per source per window
 
 
 @dataclass(frozen=True)
@@ -162,6 +164,7 @@ def config_from_mapping(data: dict[str, Any], *, base: Path, path: Path | None =
             token_file=str(_resolve(base, str(auth["token_file"]))) if auth.get("token_file") else "",
             jwks_cache_seconds=int(auth.get("jwks_cache_seconds", 300)),
             leeway_seconds=int(auth.get("leeway_seconds", 30)),
+            failure_window_seconds=_positive(auth.get("failure_window_seconds", 60.0), "auth.failure_window_seconds"),
         ),
         audit_store=audit_store,
         checkpoint_every=int(audit.get("checkpoint_every", 1000)),
@@ -178,6 +181,16 @@ def config_from_mapping(data: dict[str, Any], *, base: Path, path: Path | None =
         capture=capture,
         raw=data,
     )
+
+
+def _positive(value: Any, name: str) -> float:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a number of seconds") from None
+    if out <= 0:
+        raise ConfigError(f"{name} must be positive")
+    return out
 
 
 def _checkpoint_file(audit: dict[str, Any], base: Path, state_dir: Path, mode: str) -> str:

@@ -147,6 +147,9 @@ class Built:
 
         self.gateway.close()
         close_webhooks(self.gateway)  # after the drain: running cells may still notify
+        failures = getattr(self.app.state, "auth_failures", None)
+        if failures is not None:
+            failures.close()  # the counts of open intervals go to the store before it closes
         self.flush()
         with contextlib.suppress(Exception):
             self.store.close()
