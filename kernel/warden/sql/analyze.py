@@ -43,7 +43,7 @@ from warden.sql.model import (
     Unresolved,
     Usage,
 )
-from warden.sql.settings import setting_allowed
+from warden.sql.settings import normal_name, setting_allowed
 
 # sqlglot warns on every statement it parses as a generic Command; those are
 # reported as unresolved here instead.
@@ -239,6 +239,7 @@ def _analyse(
     statements: list[StatementAnalysis] = []
     cell_problems: list[Unresolved] = []
     structural: set[int] = set()
+    settings: dict[str, str] = {}  # SET name = value earlier in the cell (search_path apart)
     for index, (first, last) in enumerate(toks.chunks):
         chunk = toks.tokens[first:last]
         text = sql[chunk[0].start : chunk[-1].end + 1]
@@ -261,8 +262,13 @@ def _analyse(
             continue
         structural |= _structural_literals(stmt, toks)
         st = analyse_statement(stmt, index, text, catalog, path, source=sql)
-        if st.kind == "set":
+        if settings:
+            st = replace(st, settings=tuple(sorted(settings.items())))
+        if st.kind == "set" and not st.unresolved:
             path = _search_path_after_set(stmt, path, catalog) or path
+            if _is_reset(stmt, "search_path"):
+                path = catalog.search_path
+            _settings_after_set(stmt, settings, catalog.dialect)
         statements.append(st)
     analysis = CellAnalysis(
         sql=sql,
@@ -292,6 +298,50 @@ def _structural_literals(stmt: exp.Expr, toks: _Tokens) -> set[int]:
         if start not in value_starts or start in limits:
             out.add(ordinal)
     return out
+
+
+_COMMAND_SET = re.compile(r"^\s*(?:session\s+|local\s+)?(time\s+zone|[A-Za-z_][\w.]*|\"[^\"]+\")\s*(?:to|=)?\s*(.*?)\s*;?\s*$", re.I | re.S)
+
+
+def _is_reset(stmt: exp.Expr, name: str) -> bool:
+    if isinstance(stmt, exp.Command) and str(stmt.this).upper() == "RESET":
+        body = stmt.expression.name if isinstance(stmt.expression, exp.Literal) else ""
+        return normal_name(body) in (name, "all")
+    return False
+
+
+def _settings_after_set(stmt: exp.Expr, settings: dict[str, str], dialect: str) -> None:
+    """Record what a (safe, already checked) SET or RESET puts in force for the
+    statements after it in the cell. ``search_path`` is tracked apart."""
+    if isinstance(stmt, exp.Command):
+        word = str(stmt.this).upper()
+        body = stmt.expression.name if isinstance(stmt.expression, exp.Literal) else ""
+        if word == "RESET":
+            name = normal_name(body)
+            if name == "all":
+                settings.clear()
+            settings.pop(name, None)
+            return
+        m = _COMMAND_SET.match(body)
+        if m and normal_name(m.group(1)) != "search_path":
+            settings[normal_name(m.group(1))] = _unquote(m.group(2))
+        return
+    if isinstance(stmt, exp.Set):
+        for item in stmt.expressions:
+            if isinstance(item, exp.SetItem) and isinstance(item.this, exp.EQ):
+                target, value = item.this.this, item.this.expression
+                name = ".".join(p.name for p in target.parts) if isinstance(target, exp.Column) else target.sql(dialect=dialect)
+                if normal_name(name) == "search_path":
+                    continue
+                text = value.name if isinstance(value, exp.Literal) and value.is_string else value.sql(dialect=dialect)
+                settings[normal_name(name)] = text
+
+
+def _unquote(text: str) -> str:
+    text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] == "'":
+        return text[1:-1].replace("''", "'")
+    return text
 
 
 _SEARCH_PATH = re.compile(r"^\s*(?:session\s+|local\s+)?search_path\s*(?:to|=)\s*(.+)$", re.I | re.S)

@@ -114,6 +114,9 @@ class StatementAnalysis:
     unresolved: tuple[Unresolved, ...] = ()
     literals: tuple[LiteralSpan, ...] = ()
     search_path: tuple[str, ...] = ()
+    # Session settings a SET earlier in the cell put in force for this statement
+    # (``search_path`` excepted: see ``search_path``), as ``(name, value text)``.
+    settings: tuple[tuple[str, str], ...] = ()
     # Calls of functions that are not reviewed built-ins, anywhere in the statement
     # (views it reads included): ``schema.name`` when qualified, else ``name``.
     functions: tuple[str, ...] = ()
