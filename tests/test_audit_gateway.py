@@ -171,3 +171,23 @@ def test_local_mode_readme_commands_verify_the_local_gateway(local_env: dict[str
     con.close()
     done = subprocess.run(["bash", "-c", commands[-1]], cwd=work, env=local_env, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 1 and "unsealed" in done.stdout, done.stdout
+
+
+def test_public_key_from_a_replica_config_needs_only_the_secret(tmp_path: Path) -> None:
+    # A PostgreSQL replica's config names its store through an environment variable the
+    # auditor's shell does not have; the key comes from secret_file alone.
+    (tmp_path / "conf").mkdir()
+    config = {"gateway_id": "gw-2", "policy": "policy.yaml", "secret_file": "../keys/gw.secret",
+              "audit": {"store_env": "WARDEN_TEST_UNSET_DSN"},
+              "auth": {"mode": "oidc", "issuer": "http://127.0.0.1:9", "audience": "warden"}}  # fmt: skip
+    (tmp_path / "conf" / "gateway.yaml").write_text(yaml.safe_dump(config))
+    env = {k: v for k, v in os.environ.items() if k != "WARDEN_TEST_UNSET_DSN"}
+    missing = run("audit", "public-key", "--config", "conf/gateway.yaml", cwd=tmp_path, env=env)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr, missing.stderr
+    assert not (tmp_path / "keys").exists(), "public-key never creates a secret"
+    (tmp_path / "keys").mkdir()
+    secret = os.urandom(32)
+    (tmp_path / "keys" / "gw.secret").write_bytes(secret)
+    out = run("audit", "public-key", "--config", "conf/gateway.yaml", cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == public_key_pem(derive_signing_key(secret))

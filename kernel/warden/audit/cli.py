@@ -137,13 +137,13 @@ def _secret_file(config_path: str | None) -> Path:
     """The secret file of a gateway config, or of the local gateway (no config given):
     the same settings the gateway itself loads. Never creates a secret."""
     from warden.audit.errors import AuditConfigError
-    from warden.gateway.config import load_config
+    from warden.gateway.config import secret_file_of
 
     if config_path is None:
         from warden.gateway.local import local_config_path
 
         config_path = str(local_config_path())
-    secret = load_config(config_path).secret_file
+    secret = secret_file_of(config_path)
     if not secret.is_file():
         raise AuditConfigError(f"the gateway's secret_file {secret} does not exist (has that gateway ever run?)")
     return secret

@@ -132,7 +132,7 @@ def config_from_mapping(data: dict[str, Any], *, base: Path, path: Path | None =
         raise ConfigError("mode must be 'shared' or 'local'")
     if "policy" not in data:
         raise ConfigError("'policy' (the policy file) is required")
-    state_dir = _resolve(base, str(data.get("state_dir", "state")))
+    state_dir = _state_dir(data, base)
     auth_mode = str(auth.get("mode", "local" if mode == "local" else "oidc"))
     if auth_mode not in ("oidc", "local"):
         raise ConfigError("auth.mode must be oidc or local")
@@ -153,7 +153,7 @@ def config_from_mapping(data: dict[str, Any], *, base: Path, path: Path | None =
         port=int(listen.get("port", 8787)),
         unix_socket=str(listen.get("unix_socket", "")),
         policy_path=_resolve(base, str(data["policy"])),
-        secret_file=_resolve(base, str(data.get("secret_file", state_dir / "secret.key"))),
+        secret_file=_secret_path(data, base),
         state_dir=state_dir,
         auth=AuthSettings(
             mode=auth_mode,
@@ -181,6 +181,30 @@ def config_from_mapping(data: dict[str, Any], *, base: Path, path: Path | None =
         capture=capture,
         raw=data,
     )
+
+
+def _state_dir(data: dict[str, Any], base: Path) -> Path:
+    return _resolve(base, str(data.get("state_dir", "state")))
+
+
+def _secret_path(data: dict[str, Any], base: Path) -> Path:
+    return _resolve(base, str(data.get("secret_file", _state_dir(data, base) / "secret.key")))
+
+
+def secret_file_of(path: str | Path) -> Path:
+    """Where the gateway configured in ``path`` keeps its secret, resolved exactly as
+    the gateway resolves it, without needing the rest of its settings (a store DSN in
+    an environment variable, say): what ``warden audit public-key --config`` reads."""
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read gateway config {p}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the configuration must be a mapping")
+    return _secret_path(data, p.resolve().parent)
 
 
 def _positive(value: Any, name: str) -> float:
