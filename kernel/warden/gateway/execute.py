@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,7 +81,7 @@ class Executor:
     def estimate_rows(self, sql: str, params: Sequence[Any]) -> int | None:
         return None
 
-    def describe_origins(self, sql: str) -> list[tuple[str, str, str] | None] | None:
+    def describe_origins(self, sql: str, *, timeout_ms: int = 0) -> list[tuple[str, str, str] | None] | None:
         """Per result column, the base-table column it is a plain reference to (schema,
         table, column), as the database itself resolves the query; None where it is not
         one. None for all: the engine cannot tell without running the query."""
@@ -207,6 +208,10 @@ class PostgresExecutor(Executor):
         # for one (opening a connection per request would cost more than waiting).
         self._adbc_slots = threading.BoundedSemaphore(result_connections)
         self._applied: dict[int, tuple[int, str]] = {}  # id(connection) -> session limits set
+        # Row descriptions of recent statements (describe_origins): a repeated query costs
+        # no round trip. Short-lived, like the catalog the analysis used.
+        self._origins: OrderedDict[str, tuple[float, list[tuple[str, str, str] | None]]] = OrderedDict()
+        self._origins_lock = threading.Lock()
 
     def _adbc_get(self) -> Any:
         import adbc_driver_postgresql.dbapi as adbc
@@ -452,16 +457,28 @@ class PostgresExecutor(Executor):
         plan = row[0][0]["Plan"] if isinstance(row[0], list) else None
         return int(plan.get("Plan Rows", 0)) if isinstance(plan, dict) else None
 
-    def describe_origins(self, sql: str) -> list[tuple[str, str, str] | None] | None:
+    def describe_origins(self, sql: str, *, timeout_ms: int = 0) -> list[tuple[str, str, str] | None] | None:
         """The row description's table OID and attribute number of each result column
         (Parse and Describe of the statement: nothing runs), named from pg_class and
         pg_attribute. Columns of views are not resolved further (None); so are
         expressions. None when the statement cannot be described (it will fail to run)."""
+        import time
+
         import psycopg
 
+        now = time.monotonic()
+        with self._origins_lock:
+            hit = self._origins.get(sql)
+            if hit is not None and now - hit[0] < _ORIGINS_TTL:
+                self._origins.move_to_end(sql)
+                return hit[1]
         try:
             with self._pool.connection() as conn:
                 try:
+                    # Parsing takes table locks: bounded like the statement itself (or 10 s),
+                    # in a transaction of its own so the settings end with it.
+                    bound = str(int(timeout_ms) or 10000)
+                    conn.execute("SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true)", (bound, bound))
                     pg = conn.pgconn
                     if pg.prepare(b"", sql.encode(), None).status != psycopg.pq.ExecStatus.COMMAND_OK:
                         return None
@@ -484,7 +501,12 @@ class PostgresExecutor(Executor):
                     conn.rollback()
         except psycopg.Error:
             return None
-        return [names.get(c) for c in cols]
+        found = [names.get(c) for c in cols]
+        with self._origins_lock:
+            self._origins[sql] = (now, found)
+            while len(self._origins) > _ORIGINS_MAX:
+                self._origins.popitem(last=False)
+        return found
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -495,6 +517,10 @@ class PostgresExecutor(Executor):
                     con.close()
             self._adbc.clear()
             self._applied.clear()
+
+
+_ORIGINS_TTL = 60.0  # seconds
+_ORIGINS_MAX = 2048
 
 
 def _has_struct(t: pa.DataType) -> bool:
