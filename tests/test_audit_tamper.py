@@ -142,18 +142,22 @@ def test_truncation_needs_the_checkpoint_file(chain: StoreEnv) -> None:
     chain.sql("DELETE FROM audit_events WHERE chain_id = ? AND seq > 15", [CHAIN])
     chain.set_head(CHAIN, 15, chain.record(CHAIN, 15).record_hash)
     chain.sql("DELETE FROM audit_checkpoints")
-    assert verify(chain.url, public_key=PUBLIC).ok, "without outside evidence the shorter chain is consistent"
+    # The store alone still knows a signed chain must have a checkpoint (the writer's
+    # open at seq 0), but not where the chain ended:
+    alone = verify(chain.url, public_key=PUBLIC)
+    assert [(i.kind, i.seq, i.seq_end) for i in alone.issues] == [("unsealed", 1, 15)], alone.format()
+    # the outside copy does.
     report = verify(chain.url, public_key=PUBLIC, checkpoints=chain.tmp_path / "checkpoints.jsonl")
-    assert not report.ok
     issue = report.find("truncated")[0]
     assert (issue.seq, issue.seq_end) == (16, N), report.format()
-    assert {i.seq for i in report.find("checkpoint_missing")} == {10, N}, report.format()
+    assert {i.seq for i in report.find("checkpoint_missing")} == {0, 10, N}, report.format()
 
 
 def test_truncation_detected_by_head_row(chain: StoreEnv) -> None:
     chain.sql("DELETE FROM audit_events WHERE chain_id = ? AND seq > 15", [CHAIN])
     chain.sql("DELETE FROM audit_checkpoints")
-    check(chain, "truncated", 16)
+    report = verify(chain.url, public_key=PUBLIC)
+    assert report.find("truncated", 16) and report.find("unsealed", 1), report.format()
 
 
 def test_rewritten_chain_caught_by_checkpoint(chain: StoreEnv) -> None:
@@ -182,7 +186,7 @@ def test_forged_checkpoint_is_rejected(chain: StoreEnv) -> None:
 
 def test_altered_checkpoint_is_rejected(chain: StoreEnv) -> None:
     cps = read_checkpoint_file(chain.tmp_path / "checkpoints.jsonl")
-    assert [(c.seq, c.mark) for c in cps] == [(10, ""), (20, ""), (20, "close")]
+    assert [(c.seq, c.mark) for c in cps] == [(0, "open"), (10, ""), (20, ""), (20, "close")]
     # claim the chain reached seq 25, keeping the old signature
     bad = Checkpoint(CHAIN, 25, cps[-1].record_hash, cps[-1].time, cps[-1].key_id, cps[-1].signature)
     report = verify(chain.url, public_key=PUBLIC, checkpoints=[bad])
@@ -248,9 +252,10 @@ def test_forged_append_with_the_close_checkpoint_deleted(chain: StoreEnv) -> Non
 def test_every_checkpoint_deleted_from_the_store(chain: StoreEnv) -> None:
     chain.sql("DELETE FROM audit_checkpoints")
     report = verify(chain.url, public_key=PUBLIC, checkpoints=chain.tmp_path / "checkpoints.jsonl")
-    assert {(i.kind, i.seq) for i in report.issues} == {("checkpoint_missing", 10), ("checkpoint_missing", N)}, report.format()
+    assert {(i.kind, i.seq) for i in report.issues} == {("checkpoint_missing", s) for s in (0, 10, N)}, report.format()
     assert cli_verify(chain, strict=False) == 1
-    assert cli_verify(chain, checkpoints=False) == 1, "--strict: nothing signs seq 1..20 any more"
+    # Without the outside copy: a signed chain with no checkpoint at all fails too.
+    assert cli_verify(chain, checkpoints=False, strict=False) == 1
 
 
 def test_truncation_after_deleting_checkpoints(chain: StoreEnv) -> None:
@@ -303,6 +308,6 @@ def test_live_tail_is_a_warning_and_a_restart_is_not_a_forgery(env: StoreEnv) ->
     assert any("2 record(s) (seq 6..7)" in w for w in live.warnings), live.format()
     assert verify(store, public_key=PUBLIC, checkpoints=file, strict=True).find("unsealed", 6)
     store.close()
-    assert [(c.seq, c.mark) for c in read_checkpoint_file(file)] == [(5, "close"), (5, "open"), (7, "close")]
+    assert [(c.seq, c.mark) for c in read_checkpoint_file(file)] == [(0, "open"), (5, "close"), (5, "open"), (7, "close")]
     report = verify(env.url, public_key=PUBLIC, checkpoints=file, strict=True)
     assert report.ok and report.chains[CHAIN].closed, report.format()

@@ -203,7 +203,7 @@ class DuckDBStore(AuditStore):
         con = self._db
         assert con is not None
         seq, h = self._committed_head
-        if seq == 0:
+        if seq == 0 and mark != "open":  # only "a writer starts a new chain" signs the genesis
             return None
         cp = self._sign(seq, h, now, mark)
         con.execute("BEGIN TRANSACTION")

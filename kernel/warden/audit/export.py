@@ -322,7 +322,7 @@ def verify_segments(
             prev_m = m
         lo = int(items[0][1].get("first_seq", 1))
         hi = int(items[-1][1].get("last_seq", 0))
-        cps = [cp for cp in checkpoints if cp.chain_id == chain_id]
+        cps = [cp for cp in checkpoints if cp.chain_id == chain_id and cp.seq > 0]  # seq 0: a writer's start, no record
         outside = [cp for cp in cps if not lo <= cp.seq <= hi]
         if outside:
             # An export covers a range; a checkpoint taken after it proves nothing about it.

@@ -245,7 +245,7 @@ class PostgresStore(AuditStore):
         assert conn is not None
         with conn.cursor() as cur:
             seq, h = self._lock_head(cur)
-            if seq == 0:
+            if seq == 0 and mark != "open":  # only "a writer starts a new chain" signs the genesis
                 conn.rollback()
                 return None
             cp = self._sign(seq, h, now, mark)

@@ -232,9 +232,10 @@ class AuditStore(ABC):
         if self.read_only:
             return
         self._open_writer()  # fail fast (AuditUnavailable) if the store cannot be opened
-        if self._key is not None and self._committed_head[0]:
-            # Sign "a writer resumed here": records after a ``close`` checkpoint are then
-            # the new writer's, not an appended forgery (verify tells them apart).
+        if self._key is not None:
+            # Sign "a writer starts here" (at seq 0, the genesis, on a new chain): records
+            # after a ``close`` checkpoint are then the new writer's, not an appended
+            # forgery, and a signed chain always has a checkpoint (verify relies on both).
             self._write_checkpoint_now(mark="open")
         self._writer = threading.Thread(target=self._run, name=f"warden-audit-writer-{self.chain_id}", daemon=True)
         self._writer.start()

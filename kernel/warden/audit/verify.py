@@ -29,9 +29,10 @@ segment_modified     an exported data file differs from its manifest
 checkpoint_missing   a checkpoint of the external file (the copy kept outside the
                      store) is not in the store: checkpoints were deleted there
 unsealed             records after the last signed checkpoint, when the chain was
-                     closed cleanly (a signed ``close`` checkpoint) or under
-                     ``strict``; otherwise the tail is only a warning (a running
-                     or crashed gateway has one)
+                     closed cleanly (a signed ``close`` checkpoint), when a signed
+                     chain has no valid checkpoint at all (every writer signs
+                     ``open`` when it starts), or under ``strict``; otherwise the
+                     tail is only a warning (a running or crashed gateway has one)
 head_mismatch        the chain-head row is behind the last record where it must
                      not be (PostgreSQL, or a chain closed cleanly): records were
                      appended without the gateway
@@ -242,6 +243,7 @@ def _verify_store(store: AuditStore, extra: list[Checkpoint], key: Ed25519Public
     heads = {h.chain_id: h for h in store.chains()}
     chains = sorted(set(store.chain_ids()) | {cp.chain_id for cp in good})
     checkers: dict[str, ChainChecker] = {}
+    signed = bool(keys)  # a trusted key, or the store says a key signed it
     for chain_id in chains:
         chain_cps = [cp for cp in good if cp.chain_id == chain_id]
         wanted = {cp.seq for cp in chain_cps}
@@ -253,7 +255,7 @@ def _verify_store(store: AuditStore, extra: list[Checkpoint], key: Ed25519Public
         if head is not None:
             checker.check_head(head.last_seq, head.last_hash)
         _check_checkpoints(report, checker, chain_cps)
-        _check_tail(report, checker, chain_cps, strict=strict)
+        _check_tail(report, checker, chain_cps, strict=strict, signed=signed)
     heads_after = {h.chain_id: h for h in store.chains()}
     for chain_id, checker in checkers.items():
         head = heads_after.get(chain_id)
@@ -284,8 +286,12 @@ def _check_external(report: VerifyReport, stored: list[Checkpoint], extra: list[
         )
 
 
-def _check_tail(report: VerifyReport, checker: ChainChecker, cps: list[Checkpoint], *, strict: bool) -> None:
-    """Records after the last valid checkpoint: no signature covers them yet."""
+def _check_tail(report: VerifyReport, checker: ChainChecker, cps: list[Checkpoint], *, strict: bool, signed: bool = False) -> None:
+    """Records after the last valid checkpoint: no signature covers them yet.
+
+    With a signing key, a chain with records but no valid checkpoint at all is an error
+    even without ``strict``: every signing writer signs ``open`` when it starts a chain
+    (at seq 0 for a new one), so its checkpoints were deleted (or forged)."""
     summary = checker.summary
     last = checker.last_seq or 0
     final = max(cps, key=lambda c: (c.seq, c.time), default=None)
@@ -304,6 +310,14 @@ def _check_tail(report: VerifyReport, checker: ChainChecker, cps: list[Checkpoin
             first,
             f"{n} record(s) after seq {sealed}, where the gateway closed the chain cleanly (signed close checkpoint at "
             f"{final.time.isoformat()}), and no gateway signed it open again: they were appended afterwards, not by the gateway",
+            last,
+        )
+    elif final is None and signed:
+        checker._issue(
+            "unsealed",
+            first,
+            f"{n} record(s) and not one valid signed checkpoint, although every signing gateway signs an open checkpoint "
+            "when it starts a chain: the chain's checkpoints were deleted or replaced",
             last,
         )
     elif strict:
@@ -367,6 +381,13 @@ def _check_checkpoints(report: VerifyReport, checker: ChainChecker, cps: list[Ch
         report.checkpoints_checked += 1
         last = checker.last_seq
         if cp.seq in failed:
+            continue
+        if cp.seq == 0:  # a writer started the chain: it signed the genesis, no record
+            if cp.record_hash == genesis_hash(checker.chain_id):
+                summary.checkpoints_ok += 1
+            else:
+                failed.add(0)
+                report.issues.append(Issue("checkpoint_mismatch", cp.chain_id, 0, "the checkpoint at seq 0 does not sign this chain's genesis"))
             continue
         if last is None or cp.seq > last:
             failed.add(cp.seq)
