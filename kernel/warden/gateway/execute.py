@@ -81,7 +81,7 @@ class Executor:
     def estimate_rows(self, sql: str, params: Sequence[Any]) -> int | None:
         return None
 
-    def describe_origins(self, sql: str, *, timeout_ms: int = 0) -> list[tuple[str, str, str] | None] | None:
+    def describe_origins(self, sql: str, *, timeout_ms: int = 0, key: str = "") -> list[tuple[str, str, str] | None] | None:
         """Per result column, the base-table column it is a plain reference to (schema,
         table, column), as the database itself resolves the query; None where it is not
         one. None for all: the engine cannot tell without running the query."""
@@ -457,20 +457,25 @@ class PostgresExecutor(Executor):
         plan = row[0][0]["Plan"] if isinstance(row[0], list) else None
         return int(plan.get("Plan Rows", 0)) if isinstance(plan, dict) else None
 
-    def describe_origins(self, sql: str, *, timeout_ms: int = 0) -> list[tuple[str, str, str] | None] | None:
+    def describe_origins(self, sql: str, *, timeout_ms: int = 0, key: str = "") -> list[tuple[str, str, str] | None] | None:
         """The row description's table OID and attribute number of each result column
         (Parse and Describe of the statement: nothing runs), named from pg_class and
         pg_attribute. Columns of views are not resolved further (None); so are
-        expressions. None when the statement cannot be described (it will fail to run)."""
+        expressions. None when the statement cannot be described (it will fail to run).
+
+        ``key`` names the statement for the cache of recent descriptions: its shape with
+        literals normalised (which columns a statement returns, and from where, does not
+        depend on its literals), so ``WHERE id = 1`` and ``WHERE id = 2`` share one."""
         import time
 
         import psycopg
 
         now = time.monotonic()
+        key = key or sql
         with self._origins_lock:
-            hit = self._origins.get(sql)
+            hit = self._origins.get(key)
             if hit is not None and now - hit[0] < _ORIGINS_TTL:
-                self._origins.move_to_end(sql)
+                self._origins.move_to_end(key)
                 return hit[1]
         try:
             with self._pool.connection() as conn:
@@ -493,7 +498,7 @@ class PostgresExecutor(Executor):
                             "SELECT c.oid::int, n.nspname::text, c.relname::text, a.attnum::int, a.attname::text "
                             "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
                             "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
-                            "WHERE c.oid = ANY(%s) AND c.relkind IN ('r', 'p', 'f', 'm')",
+                            "WHERE c.oid = ANY(%s) AND c.relkind IN ('r', 'p', 'f')",  # views, matviews: lineage goes through them
                             (oids,),
                         ).fetchall()
                         names = {(oid, num): (schema, rel, att) for oid, schema, rel, num, att in rows}
@@ -503,7 +508,7 @@ class PostgresExecutor(Executor):
             return None
         found = [names.get(c) for c in cols]
         with self._origins_lock:
-            self._origins[sql] = (now, found)
+            self._origins[key] = (now, found)
             while len(self._origins) > _ORIGINS_MAX:
                 self._origins.popitem(last=False)
         return found

@@ -504,7 +504,8 @@ class Gateway:
                 if returns_rows:
                     # The database's own account of each column (PostgreSQL's row
                     # description), before anything runs: independent of sqlglot.
-                    check_origins(st, executor.describe_origins(sql, timeout_ms=limits.statement_timeout_ms))
+                    shape_key = f"{analysis.fingerprint}\x00{st.index}"
+                    check_origins(st, executor.describe_origins(sql, timeout_ms=limits.statement_timeout_ms, key=shape_key))
                 result = executor.run(sql, params, limits, cancel, returns_rows=returns_rows, retry_safe=st.kind == "select")
                 rows = size = 0
                 truncated = False
