@@ -18,6 +18,7 @@ from typing import Any
 
 from warden import __version__
 from warden.errors import WardenError
+from warden.gateway.config import connection_dsn
 from warden.policy.engine import Decision, Identity, decide
 from warden.policy.model import Connection, Policy, load_policy
 from warden.sql.analyze import analyze_cell
@@ -131,21 +132,6 @@ def _live_catalog(conn: Connection, policy: Policy) -> Catalog:
         return load_catalog("duckdb", str(path))
     dsn = connection_dsn(conn)
     return load_catalog("postgres", dsn)
-
-
-def connection_dsn(conn: Connection) -> str:
-    """The DSN of a PostgreSQL connection, from the environment or a file. Never printed."""
-    if conn.dsn_env:
-        value = os.environ.get(conn.dsn_env)
-        if not value:
-            raise WardenError(f"connection {conn.name!r}: environment variable {conn.dsn_env} is not set")
-        return value
-    if conn.dsn_file:
-        try:
-            return Path(conn.dsn_file).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise WardenError(f"connection {conn.name!r}: cannot read dsn_file: {exc.strerror}") from None
-    raise WardenError(f"connection {conn.name!r} has no credentials configured")
 
 
 def _explain(args: argparse.Namespace) -> int:

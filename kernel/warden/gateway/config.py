@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from warden.errors import WardenError
+from warden.policy.model import Connection
 
 SETTINGS: dict[str, tuple[str, ...]] = {
     "top": (
@@ -99,6 +100,23 @@ class GatewayConfig:
         if len(data) < 32:
             raise ConfigError(f"secret_file {path} holds fewer than 32 bytes")
         return data
+
+
+def connection_dsn(conn: Connection) -> str:
+    """The DSN of a PostgreSQL connection, from the environment or a file. Never printed.
+
+    Here (not in the CLI) so the gateway reads credentials without importing the top layer."""
+    if conn.dsn_env:
+        value = os.environ.get(conn.dsn_env)
+        if not value:
+            raise WardenError(f"connection {conn.name!r}: environment variable {conn.dsn_env} is not set")
+        return value
+    if conn.dsn_file:
+        try:
+            return Path(conn.dsn_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise WardenError(f"connection {conn.name!r}: cannot read dsn_file: {exc.strerror}") from None
+    raise WardenError(f"connection {conn.name!r} has no credentials configured")
 
 
 def _resolve(base: Path, value: str) -> Path:

@@ -25,7 +25,7 @@ import pyarrow as pa
 from warden import __version__
 from warden.errors import WardenError
 from warden.gateway.approvals import Approval, ApprovalError, ApprovalStore
-from warden.gateway.config import GatewayConfig
+from warden.gateway.config import GatewayConfig, connection_dsn
 from warden.gateway.errors_redact import redact_db_error
 from warden.gateway.execute import (
     DuckDBExecutor,
@@ -120,8 +120,6 @@ class Gateway:
             path = self._duckdb_path(name)
             ex: Executor = DuckDBExecutor(path, read_only=conn.read_only)
         else:
-            from warden.cli import connection_dsn
-
             ex = PostgresExecutor(connection_dsn(conn))
         with self._lock:
             return self._executors.setdefault(name, ex)
@@ -144,8 +142,6 @@ class Gateway:
                 if isinstance(ex, DuckDBExecutor):
                     cat = load_duckdb_catalog(ex._db.cursor())
                 else:
-                    from warden.cli import connection_dsn
-
                     cat = load_postgres_catalog(connection_dsn(conn))
                 return cat.with_search_path(conn.search_path) if conn.search_path else cat
 
