@@ -51,6 +51,48 @@ class Limits:
     read_only: bool = False
 
 
+@dataclass(frozen=True)
+class Session:
+    """The session state a statement was analysed under: the search path and the
+    settings a SET earlier in its cell put in force. Applied around that statement
+    only (transaction-local, or on a connection of its own), so that one user's SET
+    never reaches another user's statement on a shared or pooled connection, and
+    what runs resolves names exactly as the analysis did."""
+
+    search_path: tuple[str, ...] = ()
+    settings: tuple[tuple[str, str], ...] = ()
+
+    def pg_assignments(self) -> list[tuple[str, str]]:
+        out = []
+        if self.search_path:
+            out.append(("search_path", ", ".join('"' + s.replace('"', '""') + '"' for s in self.search_path)))
+        out.extend((_PG_SETTING_NAMES.get(name, name), value) for name, value in self.settings)
+        return out
+
+    def pg_sql(self, *, local: bool) -> tuple[str, list[str]] | None:
+        """One ``SELECT set_config(...)`` for every assignment, or None."""
+        pairs = self.pg_assignments()
+        if not pairs:
+            return None
+        flag = "true" if local else "false"
+        sql = "SELECT " + ", ".join(f"set_config(%s, %s, {flag})" for _ in pairs)
+        return sql, [x for pair in pairs for x in pair]
+
+    def duckdb_statements(self) -> list[str]:
+        out = []
+        if self.search_path:
+            out.append("SET search_path = " + _sql_string(",".join(self.search_path)))
+        out.extend(f"SET {name} = {_sql_string(value)}" for name, value in self.settings)
+        return out
+
+
+_PG_SETTING_NAMES = {"time zone": "timezone"}
+
+
+def _sql_string(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
 @dataclass
 class StatementResult:
     """One statement's outcome: a stream of batches (queries) or a row count (others)."""
@@ -75,13 +117,16 @@ class Executor:
         *,
         returns_rows: bool,
         retry_safe: bool = False,
+        session: Session = Session(),
     ) -> StatementResult:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def estimate_rows(self, sql: str, params: Sequence[Any]) -> int | None:
+    def estimate_rows(self, sql: str, params: Sequence[Any], *, session: Session = Session()) -> int | None:
         return None
 
-    def describe_origins(self, sql: str, *, timeout_ms: int = 0, key: str = "") -> list[tuple[str, str, str] | None] | None:
+    def describe_origins(
+        self, sql: str, *, timeout_ms: int = 0, key: str = "", session: Session = Session()
+    ) -> list[tuple[str, str, str] | None] | None:
         """Per result column, the base-table column it is a plain reference to (schema,
         table, column), as the database itself resolves the query; None where it is not
         one. None for all: the engine cannot tell without running the query."""
@@ -112,6 +157,7 @@ class DuckDBExecutor(Executor):
         *,
         returns_rows: bool,
         retry_safe: bool = False,
+        session: Session = Session(),
     ) -> StatementResult:
         import duckdb
 
@@ -131,6 +177,8 @@ class DuckDBExecutor(Executor):
             return ExecutionError(redact_db_error(str(exc)))
 
         try:
+            for setting in session.duckdb_statements():  # this cursor's own session
+                con.execute(setting)
             if not returns_rows:
                 cur = con.execute(sql, list(params) if params else None)
                 row = cur.fetchone() if cur.description else None
@@ -160,13 +208,15 @@ class DuckDBExecutor(Executor):
 
         return StatementResult(reader.schema, batches(), close=close)
 
-    def estimate_rows(self, sql: str, params: Sequence[Any]) -> int | None:
+    def estimate_rows(self, sql: str, params: Sequence[Any], *, session: Session = Session()) -> int | None:
         import json
 
         import duckdb
 
         con = self._db.cursor()
         try:
+            for setting in session.duckdb_statements():
+                con.execute(setting)
             rows = con.execute("EXPLAIN (FORMAT JSON) " + sql, list(params) if params else None).fetchall()
             plan = json.loads(rows[0][1]) if rows else None
         except (duckdb.Error, ValueError, IndexError):
@@ -207,7 +257,7 @@ class PostgresExecutor(Executor):
         # At most ``result_connections`` result streams at once; more requests wait
         # for one (opening a connection per request would cost more than waiting).
         self._adbc_slots = threading.BoundedSemaphore(result_connections)
-        self._applied: dict[int, tuple[int, str]] = {}  # id(connection) -> session limits set
+        self._applied: dict[int, tuple[int, str, Session]] = {}  # id(connection) -> session limits set
         # Row descriptions of recent statements (describe_origins): a repeated query costs
         # no round trip. Short-lived, like the catalog the analysis used.
         self._origins: OrderedDict[str, tuple[float, list[tuple[str, str, str] | None]]] = OrderedDict()
@@ -252,21 +302,31 @@ class PostgresExecutor(Executor):
         *,
         returns_rows: bool,
         retry_safe: bool = False,
+        session: Session = Session(),
     ) -> StatementResult:
         if returns_rows and _returns_rows(sql):
-            return self._query(sql, params, limits, cancel, retry_safe=retry_safe)
-        return self._command(sql, params, limits, cancel)
+            return self._query(sql, params, limits, cancel, retry_safe=retry_safe, session=session)
+        return self._command(sql, params, limits, cancel, session=session)
 
     def _query(
-        self, sql: str, params: Sequence[Any], limits: Limits, cancel: threading.Event, *, retry_safe: bool
-    ) -> StatementResult:
+        self, sql: str, params: Sequence[Any], limits: Limits, cancel: threading.Event, *, retry_safe: bool,
+        session: Session = Session(),
+    ) -> StatementResult:  # fmt: skip
         import adbc_driver_manager
 
-        wanted = (int(limits.statement_timeout_ms), "on" if limits.read_only else "off")
+        wanted = (int(limits.statement_timeout_ms), "on" if limits.read_only else "off", session)
         setup = (
             "SELECT set_config('statement_timeout', '{}', false), "
-            "set_config('default_transaction_read_only', '{}', false)".format(*wanted)
+            "set_config('default_transaction_read_only', '{}', false)".format(*wanted[:2])
         )
+        # The cell's session (search path, settings) is this connection's session
+        # until the next statement that wants another: RESET ALL first, so nothing
+        # of an earlier cell's SET survives on the pooled connection.
+        assignments = session.pg_assignments()
+        if assignments:
+            setup += "".join(
+                ", set_config('{}', '{}', false)".format(n.replace("'", "''"), v.replace("'", "''")) for n, v in assignments
+            )
         # Session limits are set once per pooled connection (and again when they
         # change). A pooled connection may have died (server restarted): a failure
         # before the user's SQL was sent, or of a read-only statement, is retried once
@@ -278,6 +338,7 @@ class PostgresExecutor(Executor):
             watcher: _Watcher | None = None
             try:
                 if self._applied.get(id(con)) != wanted:
+                    cur.execute("RESET ALL")
                     cur.execute(setup)
                     cur.fetchall()
                     self._applied[id(con)] = wanted
@@ -313,7 +374,7 @@ class PostgresExecutor(Executor):
                     "return the fields one by one, or to_jsonb(...) of the row",
                     code="composite-unsupported",
                 )
-            return self._query_text(sql, params, limits, cancel, reader.schema)
+            return self._query_text(sql, params, limits, cancel, reader.schema, session=session)
 
         def batches() -> Iterator[pa.RecordBatch]:
             try:
@@ -340,8 +401,9 @@ class PostgresExecutor(Executor):
         return StatementResult(reader.schema, batches(), close=close)
 
     def _query_text(
-        self, sql: str, params: Sequence[Any], limits: Limits, cancel: threading.Event, adbc_schema: pa.Schema
-    ) -> StatementResult:
+        self, sql: str, params: Sequence[Any], limits: Limits, cancel: threading.Event, adbc_schema: pa.Schema,
+        *, session: Session = Session(),
+    ) -> StatementResult:  # fmt: skip
         """A query read through psycopg in text form, for results ADBC cannot decode.
 
         Composite columns come back as JSON text (``{"id": "1", "email": "…"}``: field names
@@ -358,6 +420,9 @@ class PostgresExecutor(Executor):
             conn.execute(f"SET LOCAL statement_timeout = {int(limits.statement_timeout_ms)}")
             if limits.read_only:
                 conn.execute("SET TRANSACTION READ ONLY")
+            local = session.pg_sql(local=True)
+            if local is not None:
+                conn.execute(local[0], local[1])
             cur = psycopg.RawServerCursor(conn, "warden_text_result")
             cur.adapters.register_loader("text", _text_loader())
             for info in psycopg.postgres.types:
@@ -413,7 +478,9 @@ class PostgresExecutor(Executor):
                 conn.close()
         self._pool.putconn(conn)
 
-    def _command(self, sql: str, params: Sequence[Any], limits: Limits, cancel: threading.Event) -> StatementResult:
+    def _command(
+        self, sql: str, params: Sequence[Any], limits: Limits, cancel: threading.Event, *, session: Session = Session()
+    ) -> StatementResult:
         import psycopg
 
         with self._pool.connection() as conn:
@@ -424,6 +491,9 @@ class PostgresExecutor(Executor):
                     cur.execute(f"SET LOCAL statement_timeout = {int(limits.statement_timeout_ms)}")
                     if limits.read_only:
                         cur.execute("SET TRANSACTION READ ONLY")
+                    local = session.pg_sql(local=True)
+                    if local is not None:
+                        psycopg.Cursor(conn).execute(local[0], local[1])
                     cur.execute(sql, list(params) if params else None)
                     rowcount = cur.rowcount
                     rows = cur.fetchall() if cur.description else None
@@ -440,11 +510,14 @@ class PostgresExecutor(Executor):
             return StatementResult(table.schema, iter(table.to_batches()), rowcount=rowcount)
         return StatementResult(None, iter(()), rowcount=rowcount)
 
-    def estimate_rows(self, sql: str, params: Sequence[Any]) -> int | None:
+    def estimate_rows(self, sql: str, params: Sequence[Any], *, session: Session = Session()) -> int | None:
         import psycopg
 
         with self._pool.connection() as conn:
             try:
+                local = session.pg_sql(local=True)
+                if local is not None:
+                    conn.execute(local[0], local[1])
                 cur = psycopg.RawCursor(conn)
                 cur.execute("EXPLAIN (FORMAT JSON) " + sql, list(params) if params else None)
                 row = cur.fetchone()
@@ -457,7 +530,9 @@ class PostgresExecutor(Executor):
         plan = row[0][0]["Plan"] if isinstance(row[0], list) else None
         return int(plan.get("Plan Rows", 0)) if isinstance(plan, dict) else None
 
-    def describe_origins(self, sql: str, *, timeout_ms: int = 0, key: str = "") -> list[tuple[str, str, str] | None] | None:
+    def describe_origins(
+        self, sql: str, *, timeout_ms: int = 0, key: str = "", session: Session = Session()
+    ) -> list[tuple[str, str, str] | None] | None:
         """The row description's table OID and attribute number of each result column
         (Parse and Describe of the statement: nothing runs), named from pg_class and
         pg_attribute. Columns of views are not resolved further (None); so are
@@ -471,7 +546,7 @@ class PostgresExecutor(Executor):
         import psycopg
 
         now = time.monotonic()
-        key = key or sql
+        key = (key or sql) + "\x00" + repr(session)  # names resolve along the session's search path
         with self._origins_lock:
             hit = self._origins.get(key)
             if hit is not None and now - hit[0] < _ORIGINS_TTL:
@@ -484,6 +559,9 @@ class PostgresExecutor(Executor):
                     # in a transaction of its own so the settings end with it.
                     bound = str(int(timeout_ms) or 10000)
                     conn.execute("SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true)", (bound, bound))
+                    local = session.pg_sql(local=True)
+                    if local is not None:
+                        conn.execute(local[0], local[1])
                     pg = conn.pgconn
                     if pg.prepare(b"", sql.encode(), None).status != psycopg.pq.ExecStatus.COMMAND_OK:
                         return None

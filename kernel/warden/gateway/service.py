@@ -33,6 +33,8 @@ from warden.gateway.execute import (
     Executor,
     Limits,
     PostgresExecutor,
+    Session,
+    StatementResult,
 )
 from warden.gateway.frames import json_frame
 from warden.gateway.shape import check_origins, check_result_shape
@@ -268,7 +270,7 @@ class Gateway:
         ex = self.executor(req.connection)
         for p in decision.pending:
             st = analysis.statements[p.statement]
-            estimate = ex.estimate_rows(st.sql, req.params) if st.kind == "select" else None
+            estimate = ex.estimate_rows(st.sql, req.params, session=Session(st.search_path, st.settings)) if st.kind == "select" else None
             facts = statement_facts(st, classify, len(analysis.statements), rows_estimate=estimate)
             try:
                 hit = parse_condition(p.condition).evaluate(facts)
@@ -497,12 +499,19 @@ class Gateway:
                     sql = apply_sql_masks(sql, [o.name for o in st.outputs], sql_masks, analysis.dialect)
                 returns_rows = bool(st.outputs) and st.kind in ("select", "insert", "update", "delete", "merge")
                 sql, params = statement_params(sql, analysis.dialect, req.params)
+                # The search path and settings the analysis resolved this statement
+                # under; a SET itself runs nowhere: it is applied to the statements
+                # after it in this cell, and never to a shared connection.
+                session = Session(st.search_path, st.settings)
                 if returns_rows:
                     # The database's own account of each column (PostgreSQL's row
                     # description), before anything runs: independent of sqlglot.
                     shape_key = f"{analysis.fingerprint}\x00{st.index}"
-                    check_origins(st, executor.describe_origins(sql, timeout_ms=limits.statement_timeout_ms, key=shape_key))
-                result = executor.run(sql, params, limits, cancel, returns_rows=returns_rows, retry_safe=st.kind == "select")
+                    check_origins(st, executor.describe_origins(sql, timeout_ms=limits.statement_timeout_ms, key=shape_key, session=session))
+                if st.kind == "set":
+                    result = StatementResult(None, iter(()), rowcount=0)
+                else:
+                    result = executor.run(sql, params, limits, cancel, returns_rows=returns_rows, retry_safe=st.kind == "select", session=session)
                 rows = size = 0
                 truncated = False
                 found: dict[tuple[int, str, str], int] = {}
