@@ -767,6 +767,7 @@ def _objects(analysis: CellAnalysis) -> list[dict[str, Any]]:
         for u in st.uses:
             cols.setdefault(u.column.qualified, set()).add(u.usage.value)
         out.append({"statement": st.index, "reads": list(st.reads), "writes": list(st.writes),
+                    "functions": list(st.functions),
                     "columns": {k: sorted(v) for k, v in sorted(cols.items())}})  # fmt: skip
     return out
 
