@@ -415,6 +415,22 @@ class QueryLineage:
     def _record_clauses(self, scope: Scope) -> None:
         expr = scope.expression
         assert isinstance(expr, exp.Select)
+        # Clauses that stand for every projection: GROUP BY ALL, ORDER BY ALL and a
+        # plain DISTINCT group or sort by each (non-aggregate) output column.
+        group, order, distinct = expr.args.get("group"), expr.args.get("order"), expr.args.get("distinct")
+        whole: list[Usage] = []
+        if isinstance(group, exp.Group) and group.args.get("all"):
+            whole.append(Usage.GROUP)
+        if isinstance(distinct, exp.Distinct) and not distinct.args.get("on"):
+            whole.append(Usage.GROUP)
+        if isinstance(order, exp.Order) and any(
+            isinstance(o, exp.Ordered) and isinstance(o.this, exp.Var) and o.this.name.upper() == "ALL" for o in order.expressions
+        ):
+            whole.append(Usage.ORDER)
+        for usage in whole:
+            for projection in expr.selects:
+                if projection.find(exp.AggFunc) is None:
+                    self._flow(projection.unalias(), scope, usage, record=True)
         for key, usage in _CLAUSE_USAGE.items():
             clause = expr.args.get(key)
             if isinstance(clause, exp.Expr):
