@@ -814,6 +814,13 @@ def complete_row_source_aliases(stmt: exp.Expr, catalog: Catalog) -> None:
         holder.set("alias", exp.TableAlias(this=ident, columns=[exp.to_identifier(n) for n in names]))
 
 
+# Built-in types sqlglot does not model (it parses them as user-defined).
+_KNOWN_EXTRA_TYPES = {
+    "postgres": frozenset({"tsvector", "tsquery", "regconfig", "regdictionary", "pg_lsn", "txid_snapshot", "macaddr8"}),
+    "duckdb": frozenset({"varint", "bignum"}),
+}
+
+
 def _recursive_union(anchor: exp.Expr, scope: Scope) -> exp.Expr | None:
     """The union of a recursive CTE when ``anchor`` is its first branch and ``scope``
     lies inside that union (the self-reference), else None."""
@@ -849,6 +856,16 @@ def statement_calls(stmt: exp.Expr, catalog: Catalog) -> tuple[list[str], list[U
                 col,
             )
         )
+    for dtype in stmt.find_all(exp.DataType):
+        if dtype.this == exp.DataType.Type.USERDEFINED:
+            name = dtype.sql(dialect=catalog.dialect).lower().strip('"')
+            if name not in _KNOWN_EXTRA_TYPES.get(catalog.dialect, frozenset()):
+                line, col = _position(dtype)
+                # A user-defined type runs user code (a domain's CHECK, a type's input
+                # function) on the value cast to it.
+                problems.append(
+                    Unresolved("unknown-type", f"{name} is not a built-in type: a cast to it can run code warden cannot see", line, col)
+                )
     for node in stmt.find_all(exp.Func):
         parent = node.parent
         in_from = isinstance(parent, (exp.Table, exp.Lateral)) or (
