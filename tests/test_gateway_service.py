@@ -232,7 +232,7 @@ def test_every_gateway_setting_is_documented() -> None:
 
 def test_append_nowait_keeps_order(tmp_path: Path) -> None:
     from warden.audit.record import EventDraft
-    from warden.audit.store import open_store
+    from warden.audit.stores import open_store
 
     store = open_store(f"duckdb://{tmp_path / 'a.duckdb'}", chain_id="t")
     try:

@@ -21,10 +21,11 @@ from warden.audit.checkpoint import (
     signing_key_from,
 )
 from warden.audit.errors import AuditClosed, AuditConfigError, AuditError, AuditUnavailable
-from warden.audit.export import Segment, export, verify_segments
+from warden.audit.export import Segment, export
 from warden.audit.record import EVENT_TYPES, FIELDS, AuditEvent, EventDraft, genesis_hash
-from warden.audit.store import AuditStore, ChainHead, StoreStats, open_store
-from warden.audit.verify import Issue, VerifyReport, verify
+from warden.audit.store import AuditStore, ChainHead, StoreStats
+from warden.audit.stores import open_store
+from warden.audit.verify import Issue, VerifyReport, verify, verify_segments
 
 __all__ = [
     "EVENT_TYPES",

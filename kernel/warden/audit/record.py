@@ -61,74 +61,6 @@ MODES: Final = frozenset({"local", "shared"})
 ACTIONS: Final = frozenset({"allow", "mask", "hold", "deny"})
 STATUSES: Final = frozenset({"success", "failure", "pending"})
 
-#: Every field in storage order with its kind. The kind drives validation, the SQL and
-#: Arrow column types and parsing rows back: str, int, float, time, list (of str), json.
-FIELD_KINDS: Final[dict[str, str]] = {
-    # identity and order
-    "event_id": "str",
-    "chain_id": "str",
-    "seq": "int",
-    "event_time": "time",
-    "prev_hash": "str",
-    "record_hash": "str",
-    "type": "str",
-    # who
-    "subject": "str",
-    "display_name": "str",
-    "subject_kind": "str",
-    "roles": "list",
-    "groups": "list",
-    "auth_method": "str",
-    "client_ip": "str",
-    # where from
-    "session_id": "str",
-    "kernel_id": "str",
-    "notebook_path": "str",
-    "cell_id": "str",
-    "execution_count": "int",
-    "gateway_id": "str",
-    "warden_version": "str",
-    "mode": "str",
-    # what
-    "connection": "str",
-    "dialect": "str",
-    "statement_kinds": "list",
-    "sql": "str",
-    "fingerprint": "str",
-    "statement_hash": "str",
-    "params": "json",
-    "objects": "json",
-    "objects_modified": "list",
-    "lineage": "json",
-    # decision
-    "action": "str",
-    "rule_ids": "list",
-    "reasons": "list",
-    "masks": "json",
-    "row_filters": "json",
-    "approval_id": "str",
-    "approver": "str",
-    # outcome
-    "status": "str",
-    "error": "str",
-    "rows": "int",
-    "bytes": "int",
-    "duration_ms": "float",
-    "result_fingerprint": "str",
-    "capture_ref": "str",
-    # links between events
-    "correlation_id": "str",
-    "parent_event_id": "str",
-}
-FIELDS: Final[tuple[str, ...]] = tuple(FIELD_KINDS)
-#: Fields the store fills in; a draft has all the others.
-CHAIN_FIELDS: Final = ("chain_id", "seq", "prev_hash", "record_hash")
-DRAFT_FIELDS: Final[tuple[str, ...]] = tuple(f for f in FIELDS if f not in CHAIN_FIELDS)
-_HASHED_FIELDS: Final[tuple[str, ...]] = tuple(f for f in FIELDS if f != "record_hash")
-_STR_FIELDS: Final = tuple(f for f in DRAFT_FIELDS if FIELD_KINDS[f] == "str")
-_LIST_FIELDS: Final = tuple(f for f in DRAFT_FIELDS if FIELD_KINDS[f] == "list")
-_JSON_FIELDS: Final = tuple(f for f in DRAFT_FIELDS if FIELD_KINDS[f] == "json")
-_INT_FIELDS: Final = tuple(f for f in DRAFT_FIELDS if FIELD_KINDS[f] == "int")
 _CHOICES: Final[dict[str, frozenset[str]]] = {
     "subject_kind": SUBJECT_KINDS,
     "mode": MODES,
@@ -299,20 +231,15 @@ def _new_event_id() -> str:
 
 
 @dataclass(frozen=True, kw_only=True)
-class EventDraft:
-    """What a caller knows about an event; the store adds chain_id, seq and hashes.
+class _Content:
+    """The record's fields that a draft and a sealed record share: declared once, here.
 
-    Validated and normalised on construction (raises TypeError/ValueError): ``type``
-    must be one of :data:`EVENT_TYPES`; ``subject_kind``, ``mode``, ``action`` and
-    ``status`` one of their documented values; list fields become tuples of str; JSON
-    fields are deep-copied through canonical JSON. ``event_time`` defaults to the time
-    the store seals the record (so it never goes backwards along a chain).
-    ``sql`` and ``params`` must already be redacted by the caller.
+    This class is the one table of the record: :data:`FIELD_KINDS` (storage order and
+    each field's kind: validation, SQL and Arrow types, parsing rows back) is derived
+    from the annotations of :class:`AuditEvent`, which is this plus :class:`_Chain`.
     """
 
     type: str
-    event_id: str = field(default_factory=_new_event_id)
-    event_time: dt.datetime | None = None
     # who
     subject: str | None = None
     display_name: str | None = None
@@ -357,9 +284,42 @@ class EventDraft:
     duration_ms: float | None = None
     result_fingerprint: str | None = None
     capture_ref: str | None = None
-    # links
+    # links between events
     correlation_id: str | None = None
     parent_event_id: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Chain:
+    """Identity and order of a sealed record (first in storage order): the store fills
+    ``chain_id``, ``seq`` and the hashes; ``event_id`` and ``event_time`` come from the
+    draft, where they are optional (a fresh id; the sealing time)."""
+
+    event_id: str
+    chain_id: str
+    seq: int
+    event_time: dt.datetime
+    prev_hash: str
+    record_hash: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class _DraftHead:
+    event_id: str = field(default_factory=_new_event_id)
+    event_time: dt.datetime | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class EventDraft(_Content, _DraftHead):
+    """What a caller knows about an event; the store adds chain_id, seq and hashes.
+
+    Validated and normalised on construction (raises TypeError/ValueError): ``type``
+    must be one of :data:`EVENT_TYPES`; ``subject_kind``, ``mode``, ``action`` and
+    ``status`` one of their documented values; list fields become tuples of str; JSON
+    fields are deep-copied through canonical JSON. ``event_time`` defaults to the time
+    the store seals the record (so it never goes backwards along a chain).
+    ``sql`` and ``params`` must already be redacted by the caller.
+    """
 
     def __post_init__(self) -> None:
         # Hot path (every query writes several events): validate with a few C-level
@@ -443,57 +403,8 @@ _install_fast_init(EventDraft)
 
 
 @dataclass(frozen=True, kw_only=True)
-class AuditEvent:
+class AuditEvent(_Content, _Chain):
     """One sealed audit record (one row of the store). Field meanings: docs/audit.md."""
-
-    event_id: str
-    chain_id: str
-    seq: int
-    event_time: dt.datetime
-    prev_hash: str
-    record_hash: str
-    type: str
-    subject: str | None = None
-    display_name: str | None = None
-    subject_kind: str | None = None
-    roles: tuple[str, ...] = ()
-    groups: tuple[str, ...] = ()
-    auth_method: str | None = None
-    client_ip: str | None = None
-    session_id: str | None = None
-    kernel_id: str | None = None
-    notebook_path: str | None = None
-    cell_id: str | None = None
-    execution_count: int | None = None
-    gateway_id: str | None = None
-    warden_version: str | None = None
-    mode: str | None = None
-    connection: str | None = None
-    dialect: str | None = None
-    statement_kinds: tuple[str, ...] = ()
-    sql: str | None = None
-    fingerprint: str | None = None
-    statement_hash: str | None = None
-    params: Json = None
-    objects: Json = None
-    objects_modified: tuple[str, ...] = ()
-    lineage: Json = None
-    action: str | None = None
-    rule_ids: tuple[str, ...] = ()
-    reasons: tuple[str, ...] = ()
-    masks: Json = None
-    row_filters: Json = None
-    approval_id: str | None = None
-    approver: str | None = None
-    status: str | None = None
-    error: str | None = None
-    rows: int | None = None
-    bytes: int | None = None
-    duration_ms: float | None = None
-    result_fingerprint: str | None = None
-    capture_ref: str | None = None
-    correlation_id: str | None = None
-    parent_event_id: str | None = None
 
     # ------------------------------------------------------------------ hashing
 
@@ -551,6 +462,36 @@ class AuditEvent:
             values[name] = value
         return cls(**values)
 
+
+#: Annotation -> kind. The kind drives validation, the SQL and Arrow column types and
+#: parsing rows back: str, int, float, time, list (of str), json.
+_KIND_OF_TYPE: Final[dict[str, str]] = {
+    "str": "str", "str | None": "str", "int": "int", "int | None": "int", "float | None": "float",
+    "dt.datetime": "time", "tuple[str, ...]": "list", "Json": "json",
+}  # fmt: skip
+
+
+def _field_kinds() -> dict[str, str]:
+    out = {}
+    for f in fields(AuditEvent):
+        kind = _KIND_OF_TYPE.get(str(f.type))
+        if kind is None:  # a new field with a type the stores cannot hold: fail at import
+            raise TypeError(f"audit record field {f.name}: no storage kind for type {f.type!r}")
+        out[f.name] = kind
+    return out
+
+
+#: Every field in storage order with its kind, generated from the one declaration above.
+FIELD_KINDS: Final[dict[str, str]] = _field_kinds()
+FIELDS: Final[tuple[str, ...]] = tuple(FIELD_KINDS)
+#: Fields the store fills in; a draft has all the others.
+CHAIN_FIELDS: Final = ("chain_id", "seq", "prev_hash", "record_hash")
+DRAFT_FIELDS: Final[tuple[str, ...]] = tuple(f for f in FIELDS if f not in CHAIN_FIELDS)
+_HASHED_FIELDS: Final[tuple[str, ...]] = tuple(f for f in FIELDS if f != "record_hash")
+_STR_FIELDS: Final = tuple(f for f in DRAFT_FIELDS if FIELD_KINDS[f] == "str")
+_LIST_FIELDS: Final = tuple(f for f in DRAFT_FIELDS if FIELD_KINDS[f] == "list")
+_JSON_FIELDS: Final = tuple(f for f in DRAFT_FIELDS if FIELD_KINDS[f] == "json")
+_INT_FIELDS: Final = tuple(f for f in DRAFT_FIELDS if FIELD_KINDS[f] == "int")
 
 _get_strs = attrgetter(*_STR_FIELDS)
 _get_lists = attrgetter(*_LIST_FIELDS)

@@ -57,12 +57,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from warden.audit.checkpoint import (
     Checkpoint,
     iter_checkpoints,
+    key_id,
     load_public_key,
     read_checkpoint_file,
+    verify_manifest_signature,
 )
 from warden.audit.errors import AuditConfigError
+from warden.audit.export import MANIFEST_SUFFIX, _sha256, load_manifests, read_segment_rows
 from warden.audit.record import AuditEvent, genesis_hash
-from warden.audit.store import AuditStore, open_store
+from warden.audit.store import AuditStore
+from warden.audit.stores import open_store
 
 #: Records remembered (by hash) to recognise moved records; a record moved further
 #: than this is reported as edited rather than reordered.
@@ -206,8 +210,6 @@ def verify(
         return _verify_store(store_or_url, extra, key, strict=strict)
     path = Path(store_or_url) if not str(store_or_url).startswith(("duckdb://", "postgresql://", "postgres://")) else None
     if path is not None and (path.is_dir() or path.name.endswith(".manifest.json")):
-        from warden.audit.export import verify_segments
-
         return verify_segments(path, checkpoints=extra, public_key=key)
     store = open_store(store_or_url, read_only=True)
     try:
@@ -331,8 +333,6 @@ def _check_tail(report: VerifyReport, checker: ChainChecker, cps: list[Checkpoin
 
 
 def _trusted_keys(report: VerifyReport, key: Ed25519PublicKey | None, stored: Mapping[str, str]) -> dict[str, Ed25519PublicKey]:
-    from warden.audit.checkpoint import key_id
-
     if key is not None:
         report.signatures_checked = True
         report.trusted_key_id = key_id(key)
@@ -643,3 +643,112 @@ def _groups_by_seq(rows: Iterable[Mapping[str, Any]]) -> Iterator[list[Mapping[s
 
 def report_json(report: VerifyReport) -> str:
     return json.dumps(report.to_dict(), indent=2, default=str)
+
+
+# -- exported segments (verify reads what export wrote; export never imports verify) --
+
+
+def verify_segments(
+    path: str | Path,
+    *,
+    checkpoints: Iterable[Checkpoint] = (),
+    public_key: Ed25519PublicKey | str | bytes | Path | None = None,
+) -> VerifyReport:
+    """Verify exported segments (a directory or one manifest) without the store."""
+    root = Path(path)
+    report = VerifyReport(source=str(root))
+    key = load_public_key(public_key) if public_key is not None else None
+    manifests = load_manifests(root)
+    if not manifests:
+        raise AuditConfigError(f"no segment manifests (*{MANIFEST_SUFFIX}) in {root}")
+    if key is not None:
+        report.signatures_checked = True
+    else:
+        report.warnings.append("no --public-key given: manifest signatures were checked against the key each manifest carries")
+    by_chain: dict[str, list[tuple[Path, dict[str, Any]]]] = {}
+    for mpath, m in manifests:
+        by_chain.setdefault(str(m.get("chain_id")), []).append((mpath, m))
+    for chain_id, items in sorted(by_chain.items()):
+        items.sort(key=lambda item: int(item[1].get("first_seq", 0)))
+        wanted = {cp.seq for cp in checkpoints if cp.chain_id == chain_id}
+        checker: ChainChecker | None = None
+        prev_m: dict[str, Any] | None = None
+        for mpath, m in items:
+            if not _manifest_ok(report, mpath, m, key):
+                prev_m = None
+                checker = None
+                continue
+            first_seq, first_prev = int(m["first_seq"]), str(m["first_prev_hash"])
+            if prev_m is not None:
+                if first_seq > int(prev_m["last_seq"]) + 1:
+                    report.issues.append(Issue("deleted", chain_id, int(prev_m["last_seq"]) + 1, "no segment holds these records", first_seq - 1))
+                    checker = None
+                elif first_seq <= int(prev_m["last_seq"]):
+                    report.issues.append(Issue("inserted", chain_id, first_seq, f"segment {mpath.name} overlaps the previous one"))
+                    checker = None
+                elif first_prev != prev_m["last_record_hash"]:
+                    report.issues.append(Issue("reordered", chain_id, first_seq, f"segment {mpath.name} does not link to the previous segment"))
+                    checker = None
+            if checker is None:
+                checker = ChainChecker(chain_id, report, start_seq=first_seq, start_prev=first_prev, capture=wanted)
+                if first_seq == 1 and first_prev != genesis_hash(chain_id):
+                    report.issues.append(Issue("edited", chain_id, 1, "the first segment does not start from the chain's genesis"))
+            before = checker.summary.records
+            try:
+                checker.run(read_segment_rows(mpath.parent / str(m["data_file"]), str(m["data_format"])))
+            except Exception as exc:  # a damaged file: pyarrow/json errors of many kinds
+                report.issues.append(Issue("segment_modified", chain_id, first_seq, f"{m['data_file']} cannot be read: {exc}"))
+                checker = None
+                prev_m = None
+                continue
+            got = checker.summary.records - before
+            if got != int(m["count"]) or checker.last_seq != int(m["last_seq"]) or checker.last_hash != m["last_record_hash"]:
+                report.issues.append(
+                    Issue("segment_modified", chain_id, int(m["first_seq"]), f"{m['data_file']} holds {got} record(s) ending at seq {checker.last_seq}, its manifest says {m['count']} ending at {m['last_seq']}", int(m["last_seq"]))
+                )
+            prev_m = m
+        lo = int(items[0][1].get("first_seq", 1))
+        hi = int(items[-1][1].get("last_seq", 0))
+        cps = [cp for cp in checkpoints if cp.chain_id == chain_id and cp.seq > 0]  # seq 0: a writer's start, no record
+        outside = [cp for cp in cps if not lo <= cp.seq <= hi]
+        if outside:
+            # An export covers a range; a checkpoint taken after it proves nothing about it.
+            report.warnings.append(f"{len(outside)} checkpoint(s) of chain {chain_id} lie outside the exported seq {lo}..{hi}")
+        inside = [cp for cp in cps if lo <= cp.seq <= hi]
+        if inside and checker is not None:
+            good = _check_signatures(report, inside, {key_id(key): key} if key is not None else {})
+            _check_checkpoints(report, checker, good)
+    return report
+
+
+def _manifest_ok(report: VerifyReport, mpath: Path, m: dict[str, Any], key: Ed25519PublicKey | None) -> bool:
+    chain_id = str(m.get("chain_id"))
+    first = m.get("first_seq")
+    body = {k: v for k, v in m.items() if k != "signature"}
+    signature = m.get("signature")
+    if signature is None:
+        if key is not None:
+            report.issues.append(Issue("bad_signature", chain_id, first, f"{mpath.name} is not signed"))
+            return False
+        report.warnings.append(f"{mpath.name} is not signed: only its digest protects it")
+    else:
+        trusted = key
+        if trusted is None and m.get("public_key"):
+            try:
+                trusted = load_public_key(str(m["public_key"]))
+            except AuditConfigError:
+                trusted = None
+        if trusted is None or not verify_manifest_signature(trusted, body, str(signature)):
+            report.issues.append(Issue("bad_signature", chain_id, first, f"{mpath.name}: the manifest signature is invalid for the trusted key"))
+            return False
+    data = mpath.parent / str(m.get("data_file"))
+    if not data.is_file():
+        report.issues.append(Issue("segment_modified", chain_id, first, f"data file {data.name} is missing"))
+        return False
+    digest, size = _sha256(data)
+    if digest != m.get("data_sha256") or size != m.get("data_bytes"):
+        # Still walk the records (the caller does): that names the record that changed.
+        report.issues.append(
+            Issue("segment_modified", chain_id, first, f"{data.name} was modified after export (sha256 differs from its manifest)", m.get("last_seq"))
+        )
+    return True

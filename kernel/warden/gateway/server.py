@@ -173,7 +173,7 @@ def local_token(config: GatewayConfig) -> str:
 
 
 def build(config: GatewayConfig, *, store: Any = None, oidc_transport: Any = None) -> Built:
-    from warden.audit.store import open_store
+    from warden.audit.stores import open_store
     from warden.gateway.app import create_app
     from warden.gateway.auth import LocalAuth, OIDCConfig, OIDCVerifier, bearer_token
 

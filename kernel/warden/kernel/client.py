@@ -36,7 +36,7 @@ from warden.gateway.client import (
     raise_for_response,
 )
 from warden.gateway.frames import chunk_stream, read_frames
-from warden.kernel.connect import Endpoint, TokenSource
+from warden.kernel.tokens import Endpoint, TokenSource
 
 
 class EndpointMissing(GatewayError):
