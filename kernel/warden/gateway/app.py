@@ -21,7 +21,7 @@ from warden.errors import WardenError
 from warden.gateway.approvals import ApprovalError
 from warden.gateway.authfail import AuthFailures
 from warden.gateway.frames import CONTENT_TYPE
-from warden.gateway.service import AuditUnavailableError, CellRequest, Gateway
+from warden.gateway.service import AuditUnavailableError, CellRequest, ContextRefused, Gateway
 from warden.policy.engine import Identity, matching_roles
 
 Authenticate = Callable[[str | None], Identity]
@@ -76,6 +76,8 @@ def create_app(gateway: Gateway, authenticate: Authenticate, *, audit_reader: An
                 return error_response(status, f"approval/{exc.code}", str(exc))
             except AuditUnavailableError as exc:
                 return error_response(503, "audit-unavailable", str(exc))
+            except ContextRefused as exc:
+                return error_response(403, exc.code, str(exc))
 
         return wrapped
 
@@ -114,9 +116,13 @@ def create_app(gateway: Gateway, authenticate: Authenticate, *, audit_reader: An
         return StreamingResponse(_iterate(first, outcome.frames), media_type=CONTENT_TYPE)
 
     async def cancel(request: Request) -> Response:
-        await identity_of(request)
-        found = gateway.cancel(request.path_params["query_id"])
-        return JSONResponse({"cancelled": found}, status_code=200 if found else 404)
+        who = await identity_of(request)
+        ip = request.client.host if request.client else ""
+        query_id = request.path_params["query_id"]
+        outcome = await run_in_threadpool(lambda: gateway.cancel(who, query_id, client_ip=ip))
+        if outcome == "not-owner":
+            raise HTTPError(403, "not-owner", "only the user who started a query (or an admin under the policy) may cancel it")
+        return JSONResponse({"cancelled": outcome == "cancelled"}, status_code=200 if outcome == "cancelled" else 404)
 
     async def approvals_list(request: Request) -> Response:
         who = await identity_of(request)
@@ -150,8 +156,8 @@ def create_app(gateway: Gateway, authenticate: Authenticate, *, audit_reader: An
 
     async def audit_query(request: Request) -> Response:
         who = await identity_of(request)
-        if "auditor" not in {r.name for r in matching_roles(gateway.policy, who)}:
-            raise HTTPError(403, "not-auditor", "reading the audit log needs the 'auditor' role")
+        if not gateway.is_auditor(who):
+            raise HTTPError(403, "not-auditor", "reading the audit log needs the policy's 'auditors' (groups, users or roles)")
         if audit_reader is None:
             raise HTTPError(501, "not-configured", "this gateway has no audit reader")
         params = dict(request.query_params)
@@ -209,8 +215,8 @@ def create_app(gateway: Gateway, authenticate: Authenticate, *, audit_reader: An
 
     async def audit_verify(request: Request) -> Response:
         who = await identity_of(request)
-        if "auditor" not in {r.name for r in matching_roles(gateway.policy, who)}:
-            raise HTTPError(403, "not-auditor", "verifying the audit log needs the 'auditor' role")
+        if not gateway.is_auditor(who):
+            raise HTTPError(403, "not-auditor", "verifying the audit log needs the policy's 'auditors' (groups, users or roles)")
         if audit_verifier is None:
             raise HTTPError(501, "not-configured", "this gateway cannot verify its audit store")
         report = await run_in_threadpool(audit_verifier)
@@ -401,7 +407,7 @@ OPENAPI: dict[str, Any] = {
         },
         "/v1/queries/{query_id}/cancel": {
             "post": {"parameters": [{"name": "query_id", "in": "path", "required": True, "schema": {"type": "string"}}],
-                     "responses": {"200": {"description": "cancelled"}, "404": _ERROR}}
+                     "responses": {"200": {"description": "cancelled"}, "403": _ERROR, "404": _ERROR}}
         },
         "/v1/approvals": {"get": {"parameters": [{"name": "status", "in": "query", "schema": {"type": "string"}}],
                                   "responses": {"200": {"description": "approval requests"}, "401": _ERROR}}},

@@ -15,9 +15,11 @@ import threading
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from warden.errors import WardenError
+from warden.gateway.private import private_dir, private_file
 
 STATUSES = ("pending", "approved", "denied", "expired", "used")
 
@@ -48,6 +50,8 @@ class Approval:
     decided_by: str | None = None
     decided_at: datetime | None = None
     decision_reason: str | None = None
+    #: the person behind the requester (a service account's ``owner``), else the subject
+    requester_person: str = ""
 
     def effective_status(self, now: datetime | None = None) -> str:
         now = now or datetime.now(UTC)
@@ -77,7 +81,7 @@ class Approval:
 
 _COLUMNS = (
     "id, requester, connection, statement_hash, params_hash, fingerprint, sql, rule_ids, reasons, "
-    "status, created_at, expires_at, uses_left, decided_by, decided_at, decision_reason"
+    "status, created_at, expires_at, uses_left, decided_by, decided_at, decision_reason, requester_person"
 )
 
 _SCHEMA = """
@@ -97,9 +101,14 @@ CREATE TABLE IF NOT EXISTS warden_approvals (
     uses_left INTEGER NOT NULL,
     decided_by TEXT,
     decided_at TIMESTAMPTZ,
-    decision_reason TEXT
+    decision_reason TEXT,
+    requester_person TEXT
 )
 """
+
+#: pg_advisory_xact_lock key the audit store's schema setup takes (audit/postgres_store.py):
+#: replicas starting together create the state tables one at a time.
+SCHEMA_LOCK = 0x77617264656E
 
 
 class ApprovalStore:
@@ -111,15 +120,40 @@ class ApprovalStore:
             import duckdb
 
             self._kind = "duckdb"
-            self._duck = duckdb.connect(url[len("duckdb://") :] or ":memory:")
-            self._duck.execute(_SCHEMA)
+            path = url[len("duckdb://") :] or ":memory:"
+            if path != ":memory:":
+                private_dir(Path(path).parent)
+            self._duck = duckdb.connect(path)
+            if path != ":memory:":
+                private_file(Path(path))
         else:
             from psycopg_pool import ConnectionPool
 
             self._kind = "postgres"
             self._pool = ConnectionPool(url, min_size=1, max_size=4, open=True, kwargs={"autocommit": True})
-            with self._pool.connection() as con:
-                con.execute(_SCHEMA)
+        self.setup(_SCHEMA, "ALTER TABLE warden_approvals ADD COLUMN IF NOT EXISTS requester_person TEXT")
+
+    @property
+    def kind(self) -> str:
+        """``duckdb`` (one process owns the file) or ``postgres`` (shared by replicas)."""
+        return self._kind
+
+    def setup(self, *ddl: str) -> None:
+        """Create state tables: in PostgreSQL in one transaction under the audit schema
+        lock, so replicas starting together do not race (UniqueViolation on the type)."""
+        if self._kind == "duckdb":
+            with self._lock:
+                for statement in ddl:
+                    self._duck.execute(statement)
+            return
+        with self._pool.connection() as con, con.transaction():
+            con.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+            for statement in ddl:
+                con.execute(statement.encode())
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """One statement on the state database (``%s`` placeholders); its rows, if any."""
+        return self._exec(sql, params)
 
     # -- SQL plumbing (one statement per call; DuckDB is serialised by the lock) ---------
 
@@ -147,6 +181,7 @@ class ApprovalStore:
         reasons: tuple[str, ...],
         ttl_seconds: int,
         uses: int = 1,
+        requester_person: str = "",
     ) -> Approval:
         now = datetime.now(UTC)
         approval = Approval(
@@ -163,13 +198,14 @@ class ApprovalStore:
             created_at=now,
             expires_at=now + timedelta(seconds=ttl_seconds),
             uses_left=uses,
+            requester_person=requester_person or requester,
         )
         self._exec(
-            f"INSERT INTO warden_approvals ({_COLUMNS}) VALUES ({', '.join(['%s'] * 16)})",
+            f"INSERT INTO warden_approvals ({_COLUMNS}) VALUES ({', '.join(['%s'] * 17)})",
             (
                 approval.id, requester, connection, statement_hash, params_hash, fingerprint, sql,
                 json.dumps(list(rule_ids)), json.dumps(list(reasons)), "pending", now,
-                approval.expires_at, uses, None, None, None,
+                approval.expires_at, uses, None, None, None, approval.requester_person,
             ),
         )  # fmt: skip
         return approval
@@ -194,12 +230,15 @@ class ApprovalStore:
                 break
         return out
 
-    def decide(self, approval_id: str, *, approver: str, approve: bool, reason: str) -> Approval:
+    def decide(self, approval_id: str, *, approver: str, approve: bool, reason: str, approver_person: str = "") -> Approval:
+        """``approver_person``: the person behind the approver (a service account's
+        owner); approver and requester must be different people, not only subjects."""
         current = self.get(approval_id)
         if current is None:
             raise ApprovalError(f"no approval request {approval_id}", code="not-found")
-        if approver == current.requester:
-            raise ApprovalError("a requester can never approve or deny their own request", code="self-approval")
+        theirs = {current.requester, current.requester_person or current.requester}
+        if approver in theirs or (approver_person and approver_person in theirs):
+            raise ApprovalError("a requester can never approve or deny their own request, under any identity of theirs", code="self-approval")
         status = current.effective_status()
         if status != "pending":
             raise ApprovalError(f"request {approval_id} is {status}, not pending", code=status)
@@ -270,4 +309,5 @@ def _row(r: tuple[Any, ...]) -> Approval:
         fingerprint=r[5], sql=r[6], rule_ids=tuple(json.loads(r[7])), reasons=tuple(json.loads(r[8])),
         status=r[9], created_at=ts(r[10]), expires_at=ts(r[11]), uses_left=int(r[12]),
         decided_by=r[13], decided_at=ts(r[14]) if r[14] is not None else None, decision_reason=r[15],
+        requester_person=r[16] or r[1],
     )  # fmt: skip

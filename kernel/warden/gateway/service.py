@@ -13,10 +13,11 @@ import hashlib
 import io
 import itertools
 import json
+import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,7 @@ from warden.gateway.execute import (
 )
 from warden.gateway.frames import json_frame
 from warden.gateway.shape import check_origins, check_result_shape
+from warden.gateway.state import setup_state
 from warden.masking.detectors import scan_and_mask_values
 from warden.masking.operators import mask_array
 from warden.policy.conditions import Deferred, parse_condition
@@ -50,10 +52,11 @@ from warden.policy.engine import (
     matching_roles,
     statement_facts,
 )
-from warden.policy.model import Policy, load_policy
+from warden.policy.model import Policy, Principals, load_policy
 from warden.sql.analyze import analyze_cell
 from warden.sql.catalog import Catalog
 from warden.sql.catalog_live import CatalogCache, load_duckdb_catalog, load_postgres_catalog
+from warden.sql.kinds import KIND_GROUPS
 from warden.sql.model import CellAnalysis
 from warden.sql.rowfilter import apply_row_filters
 from warden.sql.sqlmask import apply_sql_masks
@@ -63,6 +66,20 @@ AuditAppend = Callable[[list[dict[str, Any]]], list[str]]
 
 class AuditUnavailableError(WardenError):
     """The audit store could not record an event: the cell is denied."""
+
+
+class ContextRefused(WardenError):
+    """A request's session or cell-run id belongs to another subject."""
+
+    def __init__(self, message: str, *, code: str) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+def person_of(identity: Identity) -> str:
+    """The person behind an identity: a service account's ``owner`` attribute (when
+    the gateway copies that claim), else the subject itself."""
+    return str(identity.attributes.get("owner") or identity.subject)
 
 
 @dataclass(frozen=True)
@@ -103,8 +120,12 @@ class Gateway:
         self.approvals = ApprovalStore(config.approvals_store)
         self._executors: dict[str, Executor] = {}
         self._catalogs: dict[str, CatalogCache] = {}
-        self._taints: dict[str, frozenset[str]] = {}
+        # Session/cell-run bindings and taints live in the state database (shared by
+        # replicas, kept across restarts), not in this process.
+        self.bindings, self.taints = setup_state(self.approvals)
         self._running: dict[str, threading.Event] = {}
+        self._owners: dict[str, str] = {}  # running query id -> the subject that started it
+        self._epochs_seen: dict[str, int] = {}  # connection -> catalog epoch this replica loaded
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._active = 0
@@ -200,6 +221,12 @@ class Gateway:
         started = time.monotonic()
         base = self.base_event(identity, req.context, client_ip)
         query_id = "q_" + uuid.uuid4().hex[:20]
+        try:
+            self.claim_context(identity, req.context, client_ip)
+        except ContextRefused as exc:
+            return CellOutcome("error", _error(exc.code, str(exc)), http_status=403)
+        except AuditUnavailableError as exc:
+            return CellOutcome("error", _error("audit-unavailable", str(exc)), http_status=503)
         base["correlation_id"] = base["correlation_id"] or query_id
         if req.connection not in self.policy.connections:
             decision = Decision(
@@ -208,13 +235,23 @@ class Gateway:
             )
             return self._deny(base, req, None, decision, query_id)
         try:
+            taints = self.taints.current()
+        except Exception as exc:  # the state database is down: fail closed, like the audit store
+            return CellOutcome("error", _error("state-unavailable", f"the gateway's state store (beside the audit store) cannot be read ({type(exc).__name__}); no query runs"), http_status=503)
+        epoch = self.taints.epoch(req.connection)
+        if self._epochs_seen.get(req.connection, 0) != epoch:
+            # DDL ran through some replica since this one loaded the catalog.
+            with contextlib.suppress(WardenError):
+                self.refresh_catalog(req.connection)
+            self._epochs_seen[req.connection] = epoch
+        try:
             catalog = self.catalog(req.connection)
         except WardenError as exc:
             decision = Decision("deny", (Reason("fail-closed/catalog", f"the catalog of {req.connection} cannot be read: {exc}", "deny"),))
             return self._deny(base, req, None, decision, query_id)
         analysis = analyze_cell(req.sql, catalog)
-        decision = decide(self.policy, identity, analysis, req.connection, taints=self._taints)
-        decision = self._check_pending(decision, analysis, identity, req, catalog)
+        decision = decide(self.policy, identity, analysis, req.connection, taints=taints)
+        decision = self._check_pending(decision, analysis, identity, req, catalog, taints)
         params_hash = _params_hash(req.params)
 
         if decision.action == "deny":
@@ -231,7 +268,7 @@ class Gateway:
                     refused = Decision("deny", (Reason(f"approval/{exc.code}", str(exc), "deny"),), decision.roles, redacted_sql=decision.redacted_sql)
                     return self._deny(base, req, analysis, refused, query_id)
             else:
-                return self._hold(base, req, analysis, decision, query_id, params_hash)
+                return self._hold(base, req, analysis, decision, query_id, params_hash, identity)
 
         # Write-ahead: the intent is durable before anything runs.
         submitted = self._event(base, "query.submitted", req, analysis, decision, query_id)
@@ -244,10 +281,13 @@ class Gateway:
             ids = self.audit([submitted, decided])
         except AuditUnavailableError as exc:
             return CellOutcome("error", _error("audit-unavailable", str(exc)), http_status=503)
-        for t in decision.taints:
-            self._taints[f"{req.connection}.{t.column.qualified}"] = frozenset(t.classifications) | self._taints.get(
-                f"{req.connection}.{t.column.qualified}", frozenset()
-            )
+        if decision.taints:
+            # Durable before the copy is made: a restart or another replica never
+            # sees the copied column without its classification.
+            try:
+                self.taints.add(((f"{req.connection}.{t.column.qualified}", t.classifications) for t in decision.taints), by=identity.subject)
+            except Exception as exc:
+                return CellOutcome("error", _error("state-unavailable", f"the gateway's state store cannot record a taint ({type(exc).__name__}); nothing ran"), http_status=503)
         header = {
             "action": decision.action,
             "rule_ids": list(decision.rule_ids),
@@ -258,15 +298,39 @@ class Gateway:
             "statements": len(analysis.statements),
         }
         limits = self._limits(identity, req)
-        frames = self._execute(identity, req, analysis, decision, base, query_id, header, limits, started, catalog)
+        ddl = req.connection if any(k in KIND_GROUPS["ddl"] for k in analysis.kinds) else None
+        frames = self._owned(query_id, identity.subject, self._execute(identity, req, analysis, decision, base, query_id, header, limits, started, catalog), ddl)
         return CellOutcome("stream", header, frames)
 
-    def _check_pending(self, decision: Decision, analysis: CellAnalysis, identity: Identity, req: CellRequest, catalog: Catalog) -> Decision:
+    def _owned(self, query_id: str, subject: str, frames: Iterator[bytes], ddl_on: str | None) -> Iterator[bytes]:
+        """The query's frames, with its owner known (for cancel) while they flow; after
+        DDL, the catalog is reloaded here and every replica is told to reload."""
+        with self._lock:
+            self._owners[query_id] = subject
+        try:
+            yield from frames
+        finally:
+            with self._lock:
+                self._owners.pop(query_id, None)
+            if ddl_on is not None:
+                self._after_ddl(ddl_on)
+
+    def _after_ddl(self, connection: str) -> None:
+        try:
+            self.taints.bump_epoch(connection)
+        except Exception as exc:  # the others still reload when their catalog's TTL ends
+            print(f"warden gateway: could not announce DDL on {connection} to other replicas: {type(exc).__name__}", file=sys.stderr, flush=True)
+        with contextlib.suppress(WardenError):
+            self.refresh_catalog(connection)
+
+    def _check_pending(
+        self, decision: Decision, analysis: CellAnalysis, identity: Identity, req: CellRequest, catalog: Catalog, taints: Mapping[str, frozenset[str]]
+    ) -> Decision:
         """Hold conditions that need the database's row estimate are evaluated now."""
         if not decision.pending or decision.action == "deny":
             return decision
         reasons = list(decision.reasons)
-        classify = Classifier(self.policy, req.connection, self._taints)
+        classify = Classifier(self.policy, req.connection, taints)
         ex = self.executor(req.connection)
         for p in decision.pending:
             st = analysis.statements[p.statement]
@@ -344,13 +408,14 @@ class Gateway:
         }
         return CellOutcome("denied", body, http_status=403)
 
-    def _hold(self, base: dict[str, Any], req: CellRequest, analysis: CellAnalysis, decision: Decision, query_id: str, params_hash: str) -> CellOutcome:
+    def _hold(self, base: dict[str, Any], req: CellRequest, analysis: CellAnalysis, decision: Decision, query_id: str, params_hash: str, identity: Identity) -> CellOutcome:
         holding = tuple(r for r in decision.reasons if r.action == "hold")
         approval = self.approvals.create(
             requester=str(base["subject"]), connection=req.connection, statement_hash=analysis.statement_hash,
             params_hash=params_hash, fingerprint=analysis.fingerprint, sql=decision.redacted_sql,
             rule_ids=tuple(dict.fromkeys(r.rule for r in holding)), reasons=tuple(r.message for r in holding),
             ttl_seconds=self.config.approval_ttl_seconds, uses=self.config.approval_uses,
+            requester_person=person_of(identity),
         )  # fmt: skip
         held = self._event(base, "query.held", req, analysis, decision, query_id)
         requested = self._event(base, "approval.requested", req, analysis, decision, query_id)
@@ -360,11 +425,10 @@ class Gateway:
         except AuditUnavailableError as exc:
             return CellOutcome("error", _error("audit-unavailable", str(exc)), http_status=503)
         self.notify("approval.requested", approval)
-        approvers = self.policy.approvers
         body = {
             "status": "held",
             "approval": approval.to_json(),
-            "approvers": {"groups": sorted(approvers.groups), "users": sorted(approvers.users), "roles": sorted(approvers.roles)},
+            "approvers": self.policy.approvers.to_json(),
             "event_id": ids[0] if ids else "",
             "next": f"an approver runs `warden approvals approve {approval.id} --reason ...`; then re-run the cell with approval {approval.id}",
         }
@@ -379,15 +443,27 @@ class Gateway:
 
         webhooks_for(self).enqueue({"event": event, "approval": approval.to_json(), "gateway_id": self.config.gateway_id})
 
+    def _holds(self, power: Principals, identity: Identity) -> bool:
+        roles = frozenset(r.name for r in matching_roles(self.policy, identity))
+        return power.admits(identity.subject, identity.groups, roles, identity.kind)
+
     def can_approve(self, identity: Identity) -> bool:
-        a = self.policy.approvers
-        roles = {r.name for r in matching_roles(self.policy, identity)}
-        return identity.subject in a.users or bool(identity.groups & a.groups) or bool(roles & a.roles)
+        """An approver under the policy (``approvers``; humans only unless ``kinds`` says so)."""
+        return self._holds(self.policy.approvers, identity)
+
+    def is_auditor(self, identity: Identity) -> bool:
+        """May read and verify the audit log (the policy's ``auditors``)."""
+        return self._holds(self.policy.auditors, identity)
+
+    def is_admin(self, identity: Identity) -> bool:
+        """May act on other users' queries (the policy's ``admins``)."""
+        return self._holds(self.policy.admins, identity)
 
     def decide_approval(self, identity: Identity, approval_id: str, *, approve: bool, reason: str, client_ip: str = "") -> Approval:
         if not self.can_approve(identity):
-            raise ApprovalError("you are not an approver under the policy (approvers: groups, users or roles)", code="not-approver")
-        decided = self.approvals.decide(approval_id, approver=identity.subject, approve=approve, reason=reason)
+            kinds = ", ".join(sorted(self.policy.approvers.kinds))
+            raise ApprovalError(f"you are not an approver under the policy (approvers: groups, users or roles; kinds: {kinds})", code="not-approver")
+        decided = self.approvals.decide(approval_id, approver=identity.subject, approver_person=person_of(identity), approve=approve, reason=reason)
         ev = self.base_event(identity, {}, client_ip)
         ev.update(type="approval.granted" if approve else "approval.rejected", approval_id=decided.id, approver=identity.subject,
                   connection=decided.connection, fingerprint=decided.fingerprint, statement_hash=decided.statement_hash,
@@ -405,11 +481,15 @@ class Gateway:
         if not items or len(items) > 1000:
             raise ValueError("'events' must hold 1 to 1000 events")
         built = [self._kernel_event(identity, item, client_ip) for item in items]
+        for item in items:
+            self.claim_context(identity, item.get("context") or {}, client_ip)
         return self.audit(built)
 
     def record_kernel_event(self, identity: Identity, data: dict[str, Any], *, client_ip: str = "") -> str:
         """A cell or session event reported by a kernel: best-effort evidence, recorded as such."""
-        return (self.audit([self._kernel_event(identity, data, client_ip)]) or [""])[0]
+        event = self._kernel_event(identity, data, client_ip)
+        self.claim_context(identity, data.get("context") or {}, client_ip)
+        return (self.audit([event]) or [""])[0]
 
     def _kernel_event(self, identity: Identity, data: Any, client_ip: str) -> dict[str, Any]:
         if not isinstance(data, dict):
@@ -460,13 +540,44 @@ class Gateway:
 
     # -- execution ------------------------------------------------------------------------
 
-    def cancel(self, query_id: str) -> bool:
+    def cancel(self, identity: Identity, query_id: str, *, client_ip: str = "") -> str:
+        """Cancel a running query: ``cancelled``, ``not-found`` or ``not-owner``. Only
+        its owner (same subject) or an admin may; every attempt is audited."""
         with self._lock:
             event = self._running.get(query_id)
+            owner = self._owners.get(query_id)
         if event is None:
-            return False
-        event.set()
-        return True
+            outcome = "not-found"
+        elif owner != identity.subject and not self.is_admin(identity):
+            outcome = "not-owner"
+        else:
+            event.set()
+            outcome = "cancelled"
+        ev = self.base_event(identity, {}, client_ip)
+        ev.update(type="query.cancel", correlation_id=query_id, status="ok" if outcome == "cancelled" else "denied",
+                  error=None if outcome == "cancelled" else outcome, sql=f"cancel {query_id}" + (f" (owner {owner})" if owner and owner != identity.subject else ""))  # fmt: skip
+        self.audit([ev])
+        return outcome
+
+    # -- sessions ---------------------------------------------------------------------------
+
+    def claim_context(self, identity: Identity, context: Mapping[str, Any], client_ip: str = "") -> None:
+        """Bind the context's session id and cell run id to the caller on first use;
+        refuse (audited, ContextRefused) an id another subject holds."""
+        for kind, key in (("session", "session_id"), ("cell_run", "cell_run_id")):
+            value = context.get(key)
+            if not value or not isinstance(value, str):
+                continue
+            try:
+                owner = self.bindings.owner(kind, value, identity.subject)
+            except Exception as exc:
+                raise AuditUnavailableError(f"the gateway's state store cannot bind the {key} ({type(exc).__name__})") from None
+            if owner != identity.subject:
+                ev = self.base_event(identity, {}, client_ip)  # not the foreign ids: nothing attaches to that session
+                ev.update(type="session.refused", status="denied", error=f"{key} is bound to another subject",
+                          sql=f"{key}={value[:200]}")  # fmt: skip
+                self.audit([ev])
+                raise ContextRefused(f"{key} {value[:200]!r} belongs to another user's session; start your own", code="session/not-yours")
 
     def _execute(
         self, identity: Identity, req: CellRequest, analysis: CellAnalysis, decision: Decision,

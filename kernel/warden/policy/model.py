@@ -25,7 +25,10 @@ PREDICATE_ACTIONS = ("deny", "hold", "allow")
 
 # Every key the policy understands, by section: the docs test checks each one.
 SETTINGS: dict[str, tuple[str, ...]] = {
-    "top": ("version", "connections", "defaults", "classifications", "functions", "roles", "approvers"),
+    "top": (
+        "version", "connections", "defaults", "classifications", "functions", "roles", "approvers",
+        "auditors", "admins",
+    ),
     "function": ("reads", "description"),
     "connection": ("dialect", "dsn_env", "dsn_file", "path", "search_path", "read_only"),
     "defaults": ("mask", "classified_in_predicates", "classified_writes", "redact_literals"),
@@ -36,7 +39,9 @@ SETTINGS: dict[str, tuple[str, ...]] = {
     ),
     "limits": ("statement_timeout_ms", "max_rows", "max_bytes"),
     "members": ("groups", "users"),
-    "approvers": ("groups", "users", "roles"),
+    "approvers": ("groups", "users", "roles", "kinds"),
+    "auditors": ("groups", "users", "roles", "kinds"),
+    "admins": ("groups", "users", "roles", "kinds"),
 }  # fmt: skip
 
 
@@ -99,11 +104,31 @@ class Defaults:
     redact_literals: str = "classified"  # "classified" | "all"
 
 
+IDENTITY_KINDS = ("human", "service")
+
+
 @dataclass(frozen=True)
-class Approvers:
+class Principals:
+    """Who holds a gateway power (approving, reading the audit log, administering):
+    members by user, group or policy role, limited to identity ``kinds``."""
+
     groups: frozenset[str] = frozenset()
     users: frozenset[str] = frozenset()
     roles: frozenset[str] = frozenset()
+    kinds: frozenset[str] = frozenset({"human"})
+
+    def admits(self, subject: str, groups: frozenset[str], roles: frozenset[str], kind: str) -> bool:
+        if kind not in self.kinds:
+            return False
+        return subject in self.users or bool(groups & self.groups) or bool(roles & self.roles)
+
+    def to_json(self) -> dict[str, list[str]]:
+        return {"groups": sorted(self.groups), "users": sorted(self.users), "roles": sorted(self.roles), "kinds": sorted(self.kinds)}
+
+
+#: Approvers: by default humans only (a service account's approval cannot be tied
+#: to the person holding its credentials).
+Approvers = Principals
 
 
 @dataclass(frozen=True)
@@ -127,7 +152,11 @@ class Policy:
     classifications: Mapping[str, tuple[str, ...]]  # classification -> column globs
     roles: tuple[Role, ...]
     defaults: Defaults = field(default_factory=Defaults)
-    approvers: Approvers = field(default_factory=Approvers)
+    approvers: Principals = field(default_factory=Principals)
+    #: who may read and verify the audit log (/v1/audit, %%sql audit)
+    auditors: Principals = field(default_factory=lambda: Principals(roles=frozenset({"auditor"}), kinds=frozenset(IDENTITY_KINDS)))
+    #: who may act on other users' queries (cancel)
+    admins: Principals = field(default_factory=Principals)
     functions: Mapping[str, FunctionGrant] = field(default_factory=dict)  # by connection.schema.name
     _compiled: tuple[tuple[str, re.Pattern[str]], ...] = field(default=(), repr=False, compare=False)
 
@@ -359,13 +388,12 @@ def _build(data: Any, loc: _Located) -> Policy:
     if not roles:
         raise loc.error(("roles",), "at least one role is required (no role means every query is denied)")
 
-    a = _mapping(top.get("approvers"), ("approvers",), loc, "approvers")
-    _known_keys(a, "approvers", ("approvers",), loc)
-    approvers = Approvers(
-        groups=frozenset(_strings(a.get("groups"), ("approvers", "groups"), loc, "groups")),
-        users=frozenset(_strings(a.get("users"), ("approvers", "users"), loc, "users")),
-        roles=frozenset(_strings(a.get("roles"), ("approvers", "roles"), loc, "roles")),
-    )
+    role_names = {r.name for r in roles}
+    approvers = _principals(top, "approvers", loc, role_names, kinds=("human",))
+    # Without an auditors section the audit log is read by the policy role named
+    # "auditor" (what earlier versions hard-wired), human or service (exporters).
+    auditors = _principals(top, "auditors", loc, role_names, kinds=IDENTITY_KINDS, roles=("auditor",))
+    admins = _principals(top, "admins", loc, role_names, kinds=("human",))
     return Policy(
         source=loc.file,
         connections=connections,
@@ -373,7 +401,32 @@ def _build(data: Any, loc: _Located) -> Policy:
         roles=tuple(roles),
         defaults=defaults,
         approvers=approvers,
+        auditors=auditors,
+        admins=admins,
         functions=functions,
+    )
+
+
+def _principals(
+    top: Mapping[str, Any], name: str, loc: _Located, role_names: set[str], *, kinds: tuple[str, ...], roles: tuple[str, ...] = ()
+) -> Principals:
+    if name not in top:
+        return Principals(roles=frozenset(roles), kinds=frozenset(kinds))
+    spec = _mapping(top.get(name), (name,), loc, name)
+    _known_keys(spec, name, (name,), loc)
+    named_roles = _strings(spec.get("roles"), (name, "roles"), loc, "roles")
+    for i, r in enumerate(named_roles):
+        if r not in role_names:
+            raise loc.error((name, "roles", i), f"unknown role {r!r}; define it under 'roles'")
+    chosen = _strings(spec.get("kinds"), (name, "kinds"), loc, "kinds") if "kinds" in spec else list(kinds)
+    for i, k in enumerate(chosen):
+        if k not in IDENTITY_KINDS:
+            raise loc.error((name, "kinds", i), f"unknown identity kind {k!r}; one of: {', '.join(IDENTITY_KINDS)}")
+    return Principals(
+        groups=frozenset(_strings(spec.get("groups"), (name, "groups"), loc, "groups")),
+        users=frozenset(_strings(spec.get("users"), (name, "users"), loc, "users")),
+        roles=frozenset(named_roles),
+        kinds=frozenset(chosen),
     )
 
 
