@@ -24,7 +24,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class, needs_local_scope
+from IPython.core.magic import (
+    Magics,
+    line_cell_magic,
+    line_magic,
+    magics_class,
+    needs_local_scope,
+    no_var_expand,
+)
 from IPython.display import DisplayHandle
 from IPython.display import display as _ipython_display
 from traitlets import Bool, Enum, Float, Int, Unicode
@@ -121,6 +128,7 @@ class SqlMagic(Magics):
 
     @needs_local_scope
     @line_cell_magic
+    @no_var_expand  # IPython would paste {var} and $var into the SQL text: values are bound, never pasted
     def sql(self, line: str, cell: str | None = None, local_ns: dict[str, Any] | None = None) -> Any:
         """Run SQL through the warden gateway.
 
@@ -384,6 +392,7 @@ class SqlMagic(Magics):
     # -- %warden -----------------------------------------------------------------------------
 
     @line_magic
+    @no_var_expand
     def warden(self, line: str) -> Any:
         """%warden whoami | approvals [--status S] | audit [--limit N] | help"""
         words = line.split()
