@@ -19,21 +19,21 @@ def _count(k: Kernel, code: str) -> int:
     return int(text.strip().splitlines()[-1])
 
 
-def test_braces_in_a_line_magic_are_not_expanded(analyst: Kernel) -> None:
+def test_braces_in_a_line_magic_are_not_expanded(analyst: Kernel) -> None:  # noqa: F811 - the imported fixture
     # Pasted, the value would turn the filter into OR '1'='1' and count both rows.
     assert _count(analyst, "r = %sql pg SELECT count(*) AS n FROM customers WHERE name = '{evil}'") == 0
 
 
-def test_dollar_names_in_a_line_magic_are_not_expanded(analyst: Kernel) -> None:
+def test_dollar_names_in_a_line_magic_are_not_expanded(analyst: Kernel) -> None:  # noqa: F811 - the imported fixture
     assert _count(analyst, "r = %sql pg SELECT count(*) AS n FROM customers WHERE name = '$evil'") == 0
 
 
-def test_double_braces_in_a_line_magic_bind(analyst: Kernel) -> None:
+def test_double_braces_in_a_line_magic_bind(analyst: Kernel) -> None:  # noqa: F811 - the imported fixture
     assert _count(analyst, "r = %sql pg SELECT count(*) AS n FROM customers WHERE name = {{evil}}") == 0
     assert _count(analyst, "r = %sql pg SELECT count(*) AS n FROM customers WHERE name = {{who}}") == 1
 
 
-def test_cell_magic_line_is_not_expanded(analyst: Kernel) -> None:
+def test_cell_magic_line_is_not_expanded(analyst: Kernel) -> None:  # noqa: F811 - the imported fixture
     # The cell's first line holds the connection and options: no expansion there either.
     code = "%%sql pg r <<\nSELECT count(*) AS n FROM customers WHERE name = {{evil}}"
     reply, _ = analyst.run("evil = " + repr(EVIL) + "\nwho = 'x'")
