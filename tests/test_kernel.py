@@ -356,8 +356,53 @@ def test_service_account_identity(kernelspec: str, gateway: GatewayProcess, issu
         assert "(service)" in text and "service account (client credentials)" in text
         assert reg.client_secret not in text
         assert k.eval_json("'WARDEN_CLIENT_SECRET' in __import__('os').environ") is False
+        reach = _secret_reach(k, reg.client_secret)
+        assert reach == {"in_blocks": [False, False, False], "names": [], "fds": [], "environ": []}, reach
         reply, _ = k.run("%%sql pg\nSELECT id FROM customers ORDER BY id")
         assert reply["status"] == "ok", reply
+    finally:
+        k.stop()
+
+
+# What the analyst's code can read of the process: the environment block the kernel was
+# started with (/proc/self/environ, also readable by a child via /proc/<pid>/environ),
+# a child's own environment, and every open file descriptor.
+_PROBE = """
+import os, subprocess
+_blocks = [
+    open('/proc/self/environ', 'rb').read(),
+    subprocess.run(['cat', '/proc/self/environ'], capture_output=True, check=True).stdout,
+    subprocess.run(['cat', f'/proc/{os.getpid()}/environ'], capture_output=True, check=True).stdout,
+]
+_fds = []
+for _f in os.listdir('/proc/self/fd'):
+    try:
+        _fds.append(os.readlink(f'/proc/self/fd/{_f}'))
+    except OSError:
+        pass
+"""
+
+
+def _secret_reach(k: Kernel, secret: str) -> dict[str, Any]:
+    reply, _ = k.run(_PROBE)
+    assert reply["status"] == "ok", reply
+    return {
+        "in_blocks": k.eval_json(f"[{secret!r}.encode() in b for b in _blocks]"),
+        "names": k.eval_json("[n for n in ('WARDEN_TOKEN', 'WARDEN_CLIENT_SECRET') if any(n.encode() + b'=' in b for b in _blocks)]"),
+        "fds": k.eval_json("[f for f in _fds if 'warden-secrets' in f]"),
+        "environ": k.eval_json("sorted(k for k in __import__('os').environ if k in ('WARDEN_TOKEN', 'WARDEN_CLIENT_SECRET', 'WARDEN_SECRETS_FD'))"),
+    }
+
+
+def test_token_is_in_no_environment_block_or_descriptor(kernelspec: str, gateway: GatewayProcess, issuer: OIDCIssuer) -> None:
+    token = issuer.issue(sub="ana", groups=["analysts"], region="emea", expires_in=3600)
+    k = Kernel(kernelspec, kernel_env(WARDEN_GATEWAY_URL=gateway.url, WARDEN_TOKEN=token))
+    try:
+        reach = _secret_reach(k, token)
+        assert reach == {"in_blocks": [False, False, False], "names": [], "fds": [], "environ": []}, reach
+        # and the kernel still is ana to the gateway: the token was handed over, not lost
+        reply, outputs = k.run("%warden whoami")
+        assert reply["status"] == "ok" and "ana" in all_text(outputs), reply
     finally:
         k.stop()
 

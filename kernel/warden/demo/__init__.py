@@ -85,14 +85,19 @@ def build_demo_database(path: Path, *, customers: int = 200, seed: int = 7) -> N
 
 def ensure_demo(directory: str | None = None) -> Path:
     """The demo folder with ``demo.duckdb`` and ``policy.yaml``, created when missing."""
-    d = data_dir(directory)
-    d.mkdir(parents=True, exist_ok=True)
+    from warden.gateway.private import private_dir, tighten_tree
+
+    # The demo database holds (fake) personal data and the policy says how it is
+    # guarded: owner-only, like real state. The directory is 0700 before anything is
+    # written into it; then every file is 0600 (also what an earlier version left 0644).
+    d = private_dir(data_dir(directory))
     db = d / "demo.duckdb"
     if not db.exists():
         build_demo_database(db)
     policy = d / "policy.yaml"
     if not policy.exists():
         shutil.copy(Path(__file__).with_name("policy.yaml"), policy)
+    tighten_tree(d)
     return d
 
 

@@ -18,6 +18,7 @@ import httpx
 import yaml
 
 from warden.errors import WardenError
+from warden.gateway.private import open_private, private_dir, write_private
 
 
 class LocalGatewayError(WardenError):
@@ -72,8 +73,8 @@ def local_config_path(*, data_dir: str | None = None) -> Path:
     run = runtime_dir()
     config = run / "gateway.yaml"
     if not config.exists():
-        run.mkdir(parents=True, exist_ok=True, mode=0o700)
-        config.write_text(yaml.safe_dump(local_config(demo_data_dir(data_dir), run)))
+        private_dir(run)
+        write_private(config, yaml.safe_dump(local_config(demo_data_dir(data_dir), run)))
     return config
 
 
@@ -89,30 +90,35 @@ def _healthy(sock: Path) -> bool:
 
 def ensure_local_gateway(*, data_dir: str | None = None, timeout: float = 60.0) -> LocalGateway:
     """The running local gateway, started (once, under a lock) if none answers."""
-    from warden.demo import ensure_demo
-
-    run = runtime_dir()
-    run.mkdir(parents=True, exist_ok=True, mode=0o700)
+    run = private_dir(runtime_dir())
     sock, token, log = run / "gateway.sock", run / "token", run / "gateway.log"
     found = LocalGateway(sock, token, log)
     if _healthy(sock) and token.exists():
         return found
-    with open(run / "start.lock", "w") as lock:
+    return _start_locked(run, found, data_dir, timeout)
+
+
+def _start_locked(run: Path, found: LocalGateway, data_dir: str | None, timeout: float) -> LocalGateway:
+    from warden.demo import ensure_demo
+
+    sock, token, log = found.socket, found.token_file, found.log
+    with open_private(run / "start.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # kernels starting together start one gateway
         if _healthy(sock) and token.exists():
             return found
         data = ensure_demo(data_dir)
         config = run / "gateway.yaml"
-        config.write_text(yaml.safe_dump(local_config(data, run)))
+        write_private(config, yaml.safe_dump(local_config(data, run)))
         with contextlib.suppress(FileNotFoundError):
             sock.unlink()
-        with open(log, "ab") as out:
+        with open_private(log, "ab") as out:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "warden.cli", "gateway", "--config", str(config)],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True,  # outlives the kernel that started it
+                umask=0o077,  # what the gateway creates (audit, approvals, token) is owner-only
             )  # fmt: skip
-        (run / "gateway.pid").write_text(str(proc.pid))
+        write_private(run / "gateway.pid", str(proc.pid))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:

@@ -176,8 +176,11 @@ def build(config: GatewayConfig, *, store: Any = None, oidc_transport: Any = Non
     from warden.audit.stores import open_store
     from warden.gateway.app import create_app
     from warden.gateway.auth import LocalAuth, OIDCConfig, OIDCVerifier, bearer_token
+    from warden.gateway.private import private_dir, tighten_tree
 
-    config.state_dir.mkdir(parents=True, exist_ok=True)
+    # State (audit, approvals, captures, checkpoints, the local token) is owner-only:
+    # 0700 before anything is written, every file 0600 once the stores are open.
+    private_dir(config.state_dir)
     if store is None:
         store = open_store(config.audit_store, chain_id=config.gateway_id, **_store_options(config))
 
@@ -246,6 +249,8 @@ def build(config: GatewayConfig, *, store: Any = None, oidc_transport: Any = Non
         return result
 
     app = create_app(gateway, authenticate, audit_reader=read_audit, audit_verifier=verify_audit)
+    if config.mode == "local":  # the user's own files: tighten what an earlier version left 0644
+        tighten_tree(config.state_dir)
     startup = {"type": "policy.loaded", "gateway_id": config.gateway_id, "mode": config.mode, "status": "ok",
                "subject": "(gateway)", "sql": str(config.policy_path)}  # fmt: skip
     append([startup])
@@ -276,6 +281,9 @@ def serve(config_path: str | Path, *, overrides: dict[str, Any] | None = None) -
     import uvicorn
     from starlette.applications import Starlette
 
+    # A dedicated process: everything it creates (DuckDB files and their WAL, captures,
+    # checkpoint copies) is owner-only, whatever umask it was started with.
+    os.umask(0o077)
     config = load_config(config_path, overrides=overrides)
     built = build(config)
 

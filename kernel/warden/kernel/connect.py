@@ -16,8 +16,10 @@ Environment (first match wins):
     a service account: a token from the OAuth 2.0 client-credentials grant
     (``WARDEN_OIDC_AUDIENCE``, default ``warden``), fetched again when it expires.
 
-The token and the client secret are taken out of ``os.environ`` once read, so
-``%env``, ``os.environ`` dumps and child processes do not show them.
+The token and the client secret never stay in the kernel's environment block:
+``python -m warden.kernel`` hands them over through an in-memory file and re-executes
+itself without them (:mod:`warden.kernel.handoff`); what is still in ``os.environ`` when
+the client is built is taken out once read. docs/kernel.md lists what a cell can reach.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ import os
 from collections.abc import Callable, MutableMapping
 
 from warden.kernel.client import KernelGatewayClient
+from warden.kernel.handoff import SECRET_ENV
 from warden.kernel.tokens import (
-    SECRET_ENV,
     ClientCredentialsToken,
     Endpoint,
     FileToken,

@@ -13,8 +13,7 @@ from pathlib import Path
 import httpx
 
 from warden.errors import WardenError
-
-SECRET_ENV = ("WARDEN_TOKEN", "WARDEN_CLIENT_SECRET")
+from warden.kernel.handoff import SECRET_ENV, delivered
 
 
 class IdentityError(WardenError):
@@ -108,10 +107,11 @@ class Endpoint:
 
 
 def token_source_from_env(env: MutableMapping[str, str], *, scrub: bool = True) -> TokenSource:
-    token = env.get("WARDEN_TOKEN", "").strip()
+    handed = delivered()  # what the kernel's start-up took out of its environment block
+    token = (env.get("WARDEN_TOKEN") or handed.get("WARDEN_TOKEN", "")).strip()
     token_file = env.get("WARDEN_TOKEN_FILE", "").strip()
     client_id = env.get("WARDEN_CLIENT_ID", "").strip()
-    secret = env.get("WARDEN_CLIENT_SECRET", "").strip()
+    secret = (env.get("WARDEN_CLIENT_SECRET") or handed.get("WARDEN_CLIENT_SECRET", "")).strip()
     issuer = env.get("WARDEN_OIDC_ISSUER", "").strip()
     if scrub:
         for key in SECRET_ENV:
