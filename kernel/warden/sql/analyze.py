@@ -451,9 +451,16 @@ def _dispatch(stmt: exp.Expr, kind: str, base: StatementAnalysis, lineage: Query
         ]
         if nested:
             return _query_with_writes(stmt, nested, base, lineage)
+        into = stmt.args.get("into")
+        if isinstance(into, exp.Into):
+            return _select_into(stmt, into, base, lineage)
         query = lineage.qualify(stmt)
         outputs = lineage.analyse(query)
-        return replace(base, outputs=tuple(outputs), has_where=_has_where(query), limit=_limit(query))
+        st = replace(base, outputs=tuple(outputs), has_where=_has_where(query), limit=_limit(query))
+        if any(True for _ in query.find_all(exp.Lock)):
+            # FOR UPDATE / FOR SHARE take row locks, as an UPDATE would.
+            st = replace(st, kind="update")
+        return st
     if isinstance(stmt, exp.Describe):
         # Column names and types of a relation: a read of it (deny_tables apply).
         return base
@@ -554,6 +561,21 @@ def _query_with_writes(
         limit=_limit(query),
         unresolved=tuple(problems),
     )
+
+
+def _select_into(stmt: exp.Query, into: exp.Into, base: StatementAnalysis, lineage: QueryLineage) -> StatementAnalysis:
+    """``SELECT ... INTO t FROM ...`` creates ``t`` from the query (PostgreSQL's CREATE
+    TABLE AS): a create whose columns carry what the query read (taint), no rows out."""
+    target = into.this
+    if not isinstance(target, exp.Table):
+        return replace(base, kind="create", unresolved=(Unresolved("unsupported-statement", "SELECT INTO target is not a table"),))
+    into.pop()
+    query = lineage.qualify(stmt)
+    outs = lineage.analyse(query, usage=Usage.ASSIGNED)
+    _relabel_projected(lineage, Usage.ASSIGNED)
+    schema = target.db or lineage.search_path[0]
+    writes = tuple(ColumnWrite(ColumnRef(schema, target.name, o.name), o.sources | o.opaque) for o in outs)
+    return replace(base, kind="create", writes=(f"{schema}.{target.name}",), column_writes=writes)
 
 
 def _rows_touched(dml: exp.Expr) -> exp.Expr:
@@ -675,7 +697,29 @@ def _insert(stmt: exp.Insert, base: StatementAnalysis, lineage: QueryLineage) ->
     elif source is not None:
         problems.append(Unresolved("unsupported-statement", "INSERT source is neither VALUES nor a query"))
     outputs = _returning(stmt, target_node, lineage, [], None)
-    return replace(base, writes=(target,), column_writes=tuple(writes), outputs=outputs, unresolved=tuple(problems))
+    kind = base.kind
+    conflict = stmt.args.get("conflict")
+    if isinstance(conflict, exp.OnConflict) and conflict.expressions:
+        # ON CONFLICT DO UPDATE rewrites existing rows: an update. Coarse but safe:
+        # every column the statement reads may flow into each column it assigns.
+        kind = "update"
+        values = [eq.expression.copy() for eq in conflict.expressions if isinstance(eq, exp.EQ)]
+        if values:
+            # EXCLUDED is the proposed row: read here as the target's own columns.
+            probe = exp.select(*values).from_(target_node.copy()).join(
+                exp.Table(this=target_node.this.copy(), db=target_node.args.get("db"), alias=exp.TableAlias(this=exp.to_identifier("excluded")))
+            )
+            lineage.analyse(lineage.qualify(probe), usage=Usage.ASSIGNED)
+            _relabel_projected(lineage, Usage.ASSIGNED)
+        read = frozenset(u.column for u in lineage.uses) | frozenset(s for w in writes for s in w.sources)
+        for eq in conflict.expressions:
+            if isinstance(eq, exp.EQ) and isinstance(eq.this, exp.Column):
+                writes.append(ColumnWrite(_ref(target_node, eq.this.name), read))
+    # An upsert touches only the rows that conflict on the key: that is its WHERE.
+    return replace(
+        base, kind=kind, writes=(target,), column_writes=tuple(writes), outputs=outputs,
+        unresolved=tuple(problems), has_where=kind == "update",
+    )  # fmt: skip
 
 
 def _update_delete(stmt: exp.Update | exp.Delete, base: StatementAnalysis, lineage: QueryLineage) -> StatementAnalysis:
