@@ -148,11 +148,16 @@ class Run:
         return out
 
 
-def post(env: Env, conn: str, sql: str, *, who: tuple[str, list[str]] = ("ana", ["analysts"]), approve: bool = False) -> Run:
+def post(
+    env: Env, conn: str, sql: str, *, who: tuple[str, list[str]] = ("ana", ["analysts"]), approve: bool = False,
+    params: list[Any] | None = None, max_rows: int | None = None,
+) -> Run:  # fmt: skip
     """Run a cell over HTTP. ``approve``: a held cell is approved by an owner and re-run."""
     session = "s-" + uuid.uuid4().hex[:12]
     token = env.token(who[0], who[1], region="emea")
-    body: dict[str, Any] = {"connection": conn, "sql": sql, "context": {"session_id": session, "cell_id": "c1"}}
+    body: dict[str, Any] = {"connection": conn, "sql": sql, "params": params or [], "context": {"session_id": session, "cell_id": "c1"}}
+    if max_rows is not None:
+        body["max_rows"] = max_rows
     resp = httpx.post(env.gw.url + "/v1/cells", json=body, headers={"authorization": f"Bearer {token}"}, timeout=60)
     if approve and resp.status_code == 202:
         approval = resp.json()["approval"]["id"]
@@ -368,12 +373,44 @@ def test_unclassified_composites_come_back_as_json(env: Env) -> None:
     assert json.loads(table.column("o")[0].as_py()) == {"id": "1", "customer_id": "2", "amount": "11.00", "region": "emea"}
 
 
-def test_composite_in_a_write_is_refused_not_run_twice(env: Env) -> None:
-    # Only a plain SELECT is read a second time through psycopg; a write returning a
-    # composite is refused with a clear message (and rolled back by the database).
-    run = post(env, "pg", "UPDATE orders SET amount = amount WHERE id = 1 RETURNING ROW(id, amount)", who=EVE)
-    err = run.error
-    assert err is None or err["code"] != "internal", err
+def test_composite_fallback_binds_parameters_and_honours_row_limits(env: Env) -> None:
+    run = post(env, "pg", "SELECT ROW(id, name) AS r FROM customers WHERE id >= $1 ORDER BY id", who=EVE, params=[2], max_rows=1)
+    assert run.error is None, run.error
+    (table,) = run.tables
+    assert table.to_pylist() == [{"r": '{"f1": "2", "f2": "Grace Hopper"}'}]
+    (end,) = run.json_frames(b"E")
+    assert end["truncated"] is True and end["rows"] == 1
+    # The pooled connection the truncated read left is usable by the next cell.
+    again = post(env, "pg", "SELECT ROW(id, name) AS r FROM customers WHERE id = $1", who=EVE, params=[3])
+    assert again.error is None and again.tables[0].num_rows == 1
+
+
+def test_composite_returned_by_a_write(env: Env) -> None:
+    # A write runs once, through psycopg, and its composite comes back as JSON text too.
+    run = post(env, "pg", "UPDATE orders o SET amount = amount WHERE id = 1 RETURNING ROW(id, amount) AS r, o AS whole, id, id",
+               who=EVE, approve=True)  # fmt: skip
+    assert run.error is None, run.error
+    (table,) = run.tables
+    assert table.column_names == ["r", "whole", "id", "id"]  # by position: names may repeat
+    row = table.to_pylist()[0]
+    assert json.loads(table.column(0)[0].as_py()) == {"f1": "1", "f2": "11.00"}
+    assert json.loads(table.column(1)[0].as_py()) == {"id": "1", "customer_id": "2", "amount": "11.00", "region": "emea"}
+    assert row["id"] == 1
+    # A data-modifying CTE is a write: it runs once (not through ADBC, which would have to
+    # run it again to re-read a composite), and its composite comes back the same way.
+    sql = "WITH u AS (UPDATE orders o SET amount = amount + 1 WHERE id = 2 RETURNING ROW(id, amount) AS r) SELECT r FROM u"
+    with psycopg.connect(env.pg_dsn, autocommit=True) as con:
+        before = con.execute("SELECT amount FROM orders WHERE id = 2").fetchone()
+    run = post(env, "pg", sql, who=EVE, approve=True)
+    with psycopg.connect(env.pg_dsn, autocommit=True) as con:
+        after = con.execute("SELECT amount FROM orders WHERE id = 2").fetchone()
+    assert before is not None and after is not None
+    if run.status == 200 and run.error is None:
+        assert after[0] == before[0] + 1  # once
+        assert json.loads(run.tables[0].column(0)[0].as_py()) == {"f1": "2", "f2": str(after[0])}
+    else:  # refused by the policy or the gateway: then it did not run at all
+        assert after[0] == before[0], run.error
+    assert_no_raw(env, "pg", run, events(env, run, EVE))
 
 
 # --------------------------------------------------------------------------- (4) result shape

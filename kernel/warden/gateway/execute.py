@@ -118,6 +118,7 @@ class Executor:
         returns_rows: bool,
         retry_safe: bool = False,
         session: Session = Session(),
+        writes: bool = False,
     ) -> StatementResult:  # pragma: no cover - interface
         raise NotImplementedError
 
@@ -158,6 +159,7 @@ class DuckDBExecutor(Executor):
         returns_rows: bool,
         retry_safe: bool = False,
         session: Session = Session(),
+        writes: bool = False,
     ) -> StatementResult:
         import duckdb
 
@@ -303,8 +305,13 @@ class PostgresExecutor(Executor):
         returns_rows: bool,
         retry_safe: bool = False,
         session: Session = Session(),
+        writes: bool = False,
     ) -> StatementResult:
-        if returns_rows and _returns_rows(sql):
+        # Reads stream through ADBC. A statement that writes (``writes``: a data-modifying
+        # CTE too) runs once, in a psycopg transaction, like any other write: ADBC
+        # runs a statement in full before its first row is read, and a result it cannot
+        # decode could then not be read again without running the write twice.
+        if returns_rows and _returns_rows(sql) and not writes:
             return self._query(sql, params, limits, cancel, retry_safe=retry_safe, session=session)
         return self._command(sql, params, limits, cancel, session=session)
 
@@ -498,6 +505,8 @@ class PostgresExecutor(Executor):
                     rowcount = cur.rowcount
                     rows = cur.fetchall() if cur.description else None
                     names = [d.name for d in cur.description] if cur.description else []
+                    oids = [d.type_code for d in cur.description] if cur.description else []
+                    layout = _composite_fields(conn, oids) if rows else {}
             except psycopg.errors.QueryCanceled:
                 raise Cancelled() if cancel.is_set() else ExecutionError("canceling statement due to statement timeout", code="timeout") from None
             except psycopg.Error as exc:
@@ -506,7 +515,13 @@ class PostgresExecutor(Executor):
                 watcher.stop()
         if rows is not None:
             # RETURNING rows: small by nature; built from the rows psycopg returned.
-            table = pa.table({n: [r[i] for r in rows] for i, n in enumerate(names)}) if names else pa.table({})
+            # Composite values as JSON text, as a read returns them (``_query_text``).
+            columns = [
+                _text_column([_record_text(r[i]) for r in rows], pa.string(), layout[oids[i]]) if oids[i] in layout else pa.array([r[i] for r in rows])
+                for i in range(len(names))
+            ]
+            # By position: RETURNING may repeat a name.
+            table = pa.Table.from_arrays(columns, names=names) if names else pa.table({})
             return StatementResult(table.schema, iter(table.to_batches()), rowcount=rowcount)
         return StatementResult(None, iter(()), rowcount=rowcount)
 
@@ -669,6 +684,20 @@ def _text_column(values: list[Any], t: pa.DataType, fields: list[str] | bool | N
     if pa.types.is_integer(t):
         return pa.array([None if v is None else int(v) for v in values], type=t)
     return pa.array([None if v is None else str(v) for v in values], type=pa.string())
+
+
+def _record_text(value: Any) -> Any:
+    """PostgreSQL's text form of a composite that psycopg loaded as a tuple (``record``)."""
+    if not isinstance(value, tuple):
+        return value
+
+    def field(v: Any) -> str:
+        if v is None:
+            return ""
+        text = str(v)
+        return '"' + text.replace("\\", "\\\\").replace('"', '""') + '"'
+
+    return "(" + ",".join(field(v) for v in value) + ")"
 
 
 def parse_record(text: str) -> list[str | None]:

@@ -622,7 +622,8 @@ class Gateway:
                 if st.kind == "set":
                     result = StatementResult(None, iter(()), rowcount=0)
                 else:
-                    result = executor.run(sql, params, limits, cancel, returns_rows=returns_rows, retry_safe=st.kind == "select", session=session)
+                    result = executor.run(sql, params, limits, cancel, returns_rows=returns_rows, retry_safe=st.kind == "select", session=session,
+                                      writes=st.kind != "select")
                 rows = size = 0
                 truncated = False
                 found: dict[tuple[int, str, str], int] = {}
