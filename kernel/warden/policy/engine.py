@@ -16,6 +16,7 @@ The cell is decided as a whole: one denied statement denies the cell.
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import re
 from collections.abc import Iterable, Mapping
@@ -25,7 +26,7 @@ from typing import Any, Literal
 from warden.masking.operators import MaskOperator, escalate_for_transform, strongest
 from warden.policy.conditions import Deferred
 from warden.policy.model import FunctionGrant, Policy, Role
-from warden.sql.model import CellAnalysis, ColumnRef, StatementAnalysis
+from warden.sql.model import CellAnalysis, ColumnRef, StatementAnalysis, Unresolved
 
 Action = Literal["allow", "mask", "hold", "deny"]
 _RANK: dict[str, int] = {"allow": 0, "mask": 1, "hold": 2, "deny": 3}
@@ -164,7 +165,7 @@ def decide(
         return Decision("deny", tuple(reasons), role_names, redacted_sql=redacted)
 
     for problem in analysis.unresolved:
-        reasons.append(Reason(f"fail-closed/{problem.code}", _where(problem.message, problem.line, problem.col), "deny"))
+        reasons.append(Reason(f"fail-closed/{problem.code}", _where(problem.message, problem.line, problem.col) + _suggestion(problem, roles, connection), "deny"))
 
     masks: list[ColumnMask] = []
     filters: list[RowFilter] = []
@@ -196,6 +197,31 @@ def decide(
     )
 
 
+def _suggestion(problem: Unresolved, roles: tuple[Role, ...], connection: str) -> str:
+    """"; did you mean `x`?" for a misspelt name, among names the user may see: a
+    name in a relation any of the user's roles denies, or outside their tables, is
+    never suggested."""
+    if not problem.name or not problem.candidates:
+        return ""
+    visible: list[str] = []
+    for relation, name in problem.candidates:
+        if relation and not _may_see(roles, f"{connection}.{relation}"):
+            continue
+        visible.append(name)
+    close = difflib.get_close_matches(problem.name, list(dict.fromkeys(visible)), n=3, cutoff=0.6)
+    if not close:
+        return ""
+    return "; did you mean " + " or ".join(f"`{c}`" for c in close) + "?"
+
+
+def _may_see(roles: tuple[Role, ...], full: str) -> bool:
+    if any(fnmatch.fnmatchcase(full, p) for r in roles for p in r.deny_tables):
+        return False
+    if roles and all(r.tables is not None for r in roles):
+        return any(fnmatch.fnmatchcase(full, p) for r in roles for p in (r.tables or ()))
+    return True
+
+
 def _where(message: str, line: int | None, col: int | None) -> str:
     return f"{message} (line {line}, column {col})" if line is not None else message
 
@@ -217,7 +243,8 @@ def _statement(
     i = st.index
     label = f"statement {i + 1} ({st.kind})"
     for problem in st.unresolved:
-        reasons.append(Reason(f"fail-closed/{problem.code}", f"{label}: {_where(problem.message, problem.line, problem.col)}", "deny", i))
+        message = _where(problem.message, problem.line, problem.col) + _suggestion(problem, roles, connection)
+        reasons.append(Reason(f"fail-closed/{problem.code}", f"{label}: {message}", "deny", i))
 
     allowing = [r for r in roles if st.kind in _expand(r.statements)]
     if not allowing:

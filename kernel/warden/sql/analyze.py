@@ -397,15 +397,31 @@ def analyse_statement(
     except RecursionError:
         return replace(base, unresolved=(Unresolved("too-deep", "the statement is nested too deeply to analyse"),))
     except Exception as exc:
+        unknown = re.match(r"Unknown column: (\S+)", str(exc))
+        if unknown:
+            # sqlglot's qualify met a column that no table in scope has (a typo).
+            name = unknown.group(1)
+            candidates = tuple(
+                (rel.qualified, c)
+                for rel in (catalog.get(*r.split(".", 1)) for r in referenced)
+                if rel is not None
+                for c in rel.columns
+            )
+            problem = Unresolved("unknown-column", f"cannot resolve column {name!r}", name=name, candidates=candidates)
+            return replace(base, reads=tuple(referenced), unresolved=(problem,))
         message = f"the statement could not be analysed ({type(exc).__name__}: {str(exc)[:200]})"
         return replace(base, unresolved=(Unresolved("analysis-failed", message),))
     for rel in referenced:
         lineage.reads.setdefault(rel, None)
+    problems = tuple(dict.fromkeys((*lineage.unresolved, *call_problems))) + result.unresolved
+    if any(p.code == "unknown-table" for p in problems):
+        # Columns of a table that does not exist cannot resolve either: say it once.
+        problems = tuple(p for p in problems if p.code not in ("unknown-column", "unknown-columns"))
     return replace(
         result,
         reads=tuple(lineage.reads),
         uses=frozenset(lineage.uses) | result.uses,
-        unresolved=tuple(dict.fromkeys((*lineage.unresolved, *call_problems))) + result.unresolved,
+        unresolved=problems,
         literals=tuple(dict.fromkeys(lineage.literals)) + result.literals,
         functions=tuple(dict.fromkeys((*calls, *lineage.functions, *result.functions))),
     )

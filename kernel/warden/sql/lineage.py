@@ -570,7 +570,7 @@ class QueryLineage:
                 outs = self._source_columns(name, found[1], found[0], record=record)
                 self._add(flow, outs, usage, record)
                 return
-            self._fail("unknown-column", f"cannot resolve column {name!r}", col)
+            self._fail("unknown-column", f"cannot resolve column {name!r}", col, name=name, candidates=self._columns_in_reach(scope))
             return
         outs = self._lookup_source_columns(table, scope, col, record=record)
         for out in outs:
@@ -579,7 +579,10 @@ class QueryLineage:
                 flow.direct = not out.transformed and len(out.sources) == 1
                 return
         if outs or self._find_source(table, scope) is not None:
-            self._fail("unknown-column", f"column {table}.{col.name} does not exist", col)
+            self._fail(
+                "unknown-column", f"column {table}.{col.name} does not exist", col,
+                name=col.name, candidates=self._columns_in_reach(scope, only=table),
+            )  # fmt: skip
 
     def _add(self, flow: Flow, outs: list[OutputColumn], usage: Usage, record: bool) -> None:
         for out in outs:
@@ -680,6 +683,8 @@ class QueryLineage:
                     "unknown-table",
                     f"table {shown} is not in the catalog (search_path: {', '.join(self.search_path)})",
                     table,
+                    name=name,
+                    candidates=self._tables_in_reach(),
                 )
 
     # -- literals -----------------------------------------------------------------------
@@ -709,9 +714,34 @@ class QueryLineage:
 
     # -- errors -------------------------------------------------------------------------
 
-    def _fail(self, code: str, message: str, node: exp.Expr) -> None:
+    def _fail(
+        self, code: str, message: str, node: exp.Expr, *, name: str = "", candidates: tuple[tuple[str, str], ...] = ()
+    ) -> None:
         line, col = _position(node)
-        self.unresolved.append(Unresolved(code, message, line, col))
+        self.unresolved.append(Unresolved(code, message, line, col, name, candidates))
+
+    def _columns_in_reach(self, scope: Scope, only: str | None = None) -> tuple[tuple[str, str], ...]:
+        """(relation, column) of every column the scope can name (``only``: one alias)."""
+        out: dict[tuple[str, str], None] = {}
+        current: Scope | None = scope
+        while current is not None:
+            for alias, source in current.sources.items():
+                if only is not None and alias != only:
+                    continue
+                if isinstance(source, exp.Table) and isinstance(source.this, exp.Identifier):
+                    rel = self.catalog.get(source.db, source.name) if source.db else None
+                    if rel is not None:
+                        out.update(dict.fromkeys((rel.qualified, c) for c in rel.columns))
+                    continue
+                outs = self._outputs.get(id(source.expression)) if isinstance(source, Scope) else None
+                for o in outs or []:
+                    relation = next(iter(o.sources)).relation if len(o.sources) == 1 else ""
+                    out[(relation, o.name)] = None
+            current = current.parent
+        return tuple(out)
+
+    def _tables_in_reach(self) -> tuple[tuple[str, str], ...]:
+        return tuple((rel.qualified, rel.name) for rel in self.catalog.relations.values())
 
 
 @dataclass(frozen=True)

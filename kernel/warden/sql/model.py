@@ -61,6 +61,11 @@ class Unresolved:
     message: str
     line: int | None = None
     col: int | None = None
+    # For an unknown name: the name, and the names that were in reach, each with its
+    # relation (``schema.table``, "" for a CTE or subquery), for "did you mean"
+    # suggestions the policy engine filters (it never suggests a hidden name).
+    name: str = ""
+    candidates: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
