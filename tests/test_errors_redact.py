@@ -88,3 +88,49 @@ def test_parse_record(text: str, fields: list[str | None]) -> None:
 def test_parse_record_refuses_what_is_not_a_record() -> None:
     with pytest.raises(ValueError):
         parse_record("1,2")
+
+
+# Property: whatever the value a database echoes, in whichever of its messages, it does not
+# survive redaction. (Values without quote characters: a quote inside a quoted value ends
+# the quote early, and then at most the characters after it may remain.)
+TEMPLATES = [
+    'invalid input syntax for type integer: "{v}"',
+    'invalid input syntax for type uuid: "{v}"',
+    'date/time field value out of range: "{v}"\nHINT:  Perhaps you need a different "datestyle" setting.',
+    'value "{v}" is out of range for type integer',
+    'duplicate key value violates unique constraint "customers_email"\nDETAIL:  Key (email)=({v}) already exists.',
+    'new row for relation "t" violates check constraint "c"\nDETAIL:  Failing row contains (1, {v}).',
+    'invalid input value for enum mood: "{v}"',
+    'malformed array literal: "{v}"',
+    'invalid input syntax for type json\nDETAIL:  Token "{v}" is invalid.\nCONTEXT:  JSON data, line 1: {v}',
+    "Conversion Error: Could not convert string '{v}' to INT32 when casting from source column email",
+    'Invalid Input Error: Could not parse string "{v}" according to format specifier "%Y"',
+    "Conversion Error: Malformed JSON at byte 0 of input: unexpected character.  Input: {v}",
+    'Conversion Error: invalid date field format: "{v}", expected format is (YYYY-MM-DD)',
+    "Binder Error: No function matches the given name and argument types '{v}'",
+]
+
+
+def test_no_echoed_value_survives() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    alphabet = st.characters(blacklist_characters="'\"\n\r", blacklist_categories=("Cs", "Cc"))
+    values = st.one_of(
+        st.emails(),
+        st.from_regex(r"\A[1-8]\d{2}-\d{2}-\d{4}\Z"),
+        st.from_regex(r"\A\d{4,19}\Z"),
+        st.text(alphabet=alphabet, min_size=4, max_size=40).filter(lambda v: v.strip() == v and any(c.isalnum() for c in v)),
+    )
+
+    @settings(max_examples=400, deadline=None, derandomize=True)
+    @given(template=st.sampled_from(TEMPLATES), value=values)
+    def check(template: str, value: str) -> None:
+        out = redact_db_error(template.format(v=value), sqlstate="22P02")
+        rest = out.replace("<redacted>", "\x00").replace("<n>", "\x00")
+        rest = rest.replace(" (details withheld: they may quote data)", "\x00").replace(" [SQLSTATE 22P02]", "\x00")
+        if value in template.replace("{v}", "\x00"):
+            return  # the value is a word of the message itself
+        assert value not in rest, (template, value, out)
+
+    check()
