@@ -36,6 +36,11 @@ unsealed             records after the last signed checkpoint, when the chain wa
 head_mismatch        the chain-head row is behind the last record where it must
                      not be (PostgreSQL, or a chain closed cleanly): records were
                      appended without the gateway
+incomplete           a query's intent (``query.submitted``) has no completion
+                     (``query.executed`` / ``query.failed``) with its
+                     ``correlation_id`` in the same chain: an error under
+                     ``strict`` or after a clean close, otherwise a warning (a
+                     gateway killed mid-query leaves exactly that)
 ==================== ===========================================================
 
 A chain that was rewritten from some record onwards *with all hashes recomputed* is
@@ -75,6 +80,8 @@ WINDOW = 100_000
 #: How far a record may have been renumbered and still be recognised as moved.
 SEARCH = 32
 
+_INTENT_TYPES = frozenset({"query.submitted", "query.executed", "query.failed"})
+
 KINDS = (
     "edited",
     "deleted",
@@ -87,6 +94,7 @@ KINDS = (
     "checkpoint_missing",
     "unsealed",
     "head_mismatch",
+    "incomplete",
 )
 
 
@@ -116,6 +124,7 @@ class ChainSummary:
     sealed_seq: int | None = None  # seq of the last valid checkpoint
     unsealed: int = 0  # records after it
     closed: bool = False  # the last valid checkpoint is a clean-close one
+    incomplete: int = 0  # query intents without a completion
 
 
 @dataclass
@@ -158,7 +167,8 @@ class VerifyReport:
         for c in self.chains.values():
             span = f"seq {c.first_seq}..{c.last_seq}" if c.records else "empty"
             sealed = "no signed checkpoint" if c.sealed_seq is None else f"sealed to seq {c.sealed_seq}{' (closed cleanly)' if c.closed else ''}"
-            lines.append(f"  chain {c.chain_id}: {c.records} record(s), {span}, {c.checkpoints_ok} checkpoint(s) ok, {sealed}, {c.unsealed} unsealed")
+            lines.append(f"  chain {c.chain_id}: {c.records} record(s), {span}, {c.checkpoints_ok} checkpoint(s) ok, {sealed}, {c.unsealed} unsealed"
+                         + (f", {c.incomplete} query intent(s) without a completion" if c.incomplete else ""))  # fmt: skip
         key = f" with key {self.trusted_key_id}" if self.trusted_key_id else ""
         lines.append(f"  checkpoints checked: {self.checkpoints_checked}; signatures {'verified' + key if self.signatures_checked else 'NOT verified'}")
         lines += [f"  warning: {w}" for w in self.warnings]
@@ -258,6 +268,7 @@ def _verify_store(store: AuditStore, extra: list[Checkpoint], key: Ed25519Public
             checker.check_head(head.last_seq, head.last_hash)
         _check_checkpoints(report, checker, chain_cps)
         _check_tail(report, checker, chain_cps, strict=strict, signed=signed)
+        _check_incomplete(report, checker, strict=strict)
     heads_after = {h.chain_id: h for h in store.chains()}
     for chain_id, checker in checkers.items():
         head = heads_after.get(chain_id)
@@ -286,6 +297,21 @@ def _check_external(report: VerifyReport, stored: list[Checkpoint], extra: list[
                 "but not in the store: checkpoints were deleted from the store",
             )
         )
+
+
+def _check_incomplete(report: VerifyReport, checker: ChainChecker, *, strict: bool) -> None:
+    """Intents whose completion never reached the store (a crash mid-query)."""
+    open_ = checker.intents
+    checker.summary.incomplete = sum(n for n, _ in open_.values())
+    if not open_:
+        return
+    first = min(seq for _, seq in open_.values())
+    names = ", ".join(sorted(open_)[:5]) + (" ..." if len(open_) > 5 else "")
+    message = f"{checker.summary.incomplete} query intent(s) have no completion record (correlation ids {names})"
+    if strict or checker.summary.closed:
+        report.issues.append(Issue("incomplete", checker.chain_id, first, message))
+    else:
+        report.warnings.append(f"chain {checker.chain_id}: {message}; a gateway that stopped mid-query leaves these")
 
 
 def _check_tail(report: VerifyReport, checker: ChainChecker, cps: list[Checkpoint], *, strict: bool, signed: bool = False) -> None:
@@ -449,6 +475,8 @@ class ChainChecker:
         self.last_seq: int | None = None
         self.last_hash: str | None = None
         self.streak = False  # the previous record was edited (unexplained)
+        # correlation_id -> (intents minus completions, seq of the first open intent)
+        self.intents: dict[str, tuple[int, int]] = {}
 
     def _issue(self, kind: str, seq: int | None, message: str, seq_end: int | None = None) -> None:
         self.report.issues.append(Issue(kind, self.chain_id, seq, message, seq_end))
@@ -503,6 +531,13 @@ class ChainChecker:
     def _record(self, rec: AuditEvent, orig: int | None) -> None:
         seq = rec.seq
         self.summary.records += 1
+        if rec.type in _INTENT_TYPES and rec.correlation_id:
+            n, first = self.intents.get(rec.correlation_id, (0, seq))
+            n += 1 if rec.type == "query.submitted" else -1
+            if n > 0:
+                self.intents[rec.correlation_id] = (n, first)
+            else:  # all closed (bounded memory on long chains)
+                self.intents.pop(rec.correlation_id, None)
         if self.summary.first_seq is None:
             self.summary.first_seq = seq
         self.last_seq, self.last_hash = seq, rec.record_hash

@@ -308,5 +308,11 @@ def serve(config_path: str | Path, *, overrides: dict[str, Any] | None = None) -
     print(f"warden gateway {config.gateway_id} ({config.mode}) listening on {where}", flush=True)
     # uvicorn handles SIGTERM/SIGINT: stop accepting, finish running responses, then
     # the lifespan above drains the gateway and closes (checkpoints) the audit store.
+    # Afterwards uvicorn re-raises the signal under the handler it found installed: a
+    # no-op here, so a clean stop exits 0 (not 143), which service managers read as success.
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     server.run()
     return 0
