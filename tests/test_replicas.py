@@ -27,6 +27,7 @@ from gateway_harness import POLICY, GatewayProcess, seed_duckdb, seed_postgres
 from oidc_issuer import OIDCIssuer
 from pgserver import PostgresServer
 from warden.gateway.client import GatewayClient
+from warden.gateway.frames import chunk_stream, read_frames
 
 N = 4
 
@@ -157,3 +158,71 @@ def test_a_killed_gateway_leaves_an_incomplete_intent_that_verify_reports(issuer
     strict = warden("audit", "verify", "--store", f"duckdb://{tmp_path / 'audit.duckdb'}", "--strict", "--json")
     kinds = {i["kind"] for i in json.loads(strict.stdout)["issues"]}
     assert strict.returncode == 1 and "incomplete" in kinds, strict.stdout
+
+
+def test_every_ok_trailer_has_a_durable_completion_even_when_a_replica_is_killed(
+    issuer: OIDCIssuer, postgres: PostgresServer, tmp_path: Path
+) -> None:
+    data = postgres.create_database(prefix="loaddata")
+    seed_postgres(data)
+    store = postgres.create_database(prefix="loadstore")
+    secret = tmp_path / "l.key"
+    secret.write_bytes(secrets.token_bytes(32))
+    env = {"WARDEN_TEST_PG_DSN": data, "WARDEN_AUDIT_DSN": store}
+    gws = [replica(tmp_path, 20 + i, issuer, env, secret).start() for i in range(3)]
+    with psycopg.connect(store, autocommit=True) as con:
+        # A slow disk: each audit commit takes 30 ms more. A completion that is only
+        # queued when its trailer leaves is then, under load, often not yet committed
+        # when the process dies; one committed before the trailer always is.
+        con.execute("CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.03); RETURN NULL; END $$")
+        con.execute("CREATE TRIGGER slow_commit AFTER INSERT ON audit_events FOR EACH STATEMENT EXECUTE FUNCTION slow_commit()")
+    token = issuer.issue(sub="ana", groups=["analysts"], region="emea")
+    confirmed: list[str] = []  # completion event ids of trailers that said ok
+    lock = threading.Lock()
+    stop = threading.Event()
+    killed = threading.Event()
+
+    def client(n: int) -> None:
+        with httpx.Client(timeout=30) as http:
+            i = 0
+            while not stop.is_set():
+                gw = gws[(n + i) % len(gws)]
+                i += 1
+                try:
+                    resp = http.post(gw.url + "/v1/cells", json={"connection": "pg", "sql": "SELECT id, name FROM customers"},
+                                     headers={"authorization": f"Bearer {token}"})  # fmt: skip
+                    frames = dict(read_frames(chunk_stream(iter([resp.content]))))
+                except (httpx.HTTPError, EOFError, ValueError):
+                    continue  # the killed replica: no trailer, no promise
+                trailer = json.loads(frames.get(b"T", b"{}"))
+                if trailer.get("status") == "ok":
+                    with lock:
+                        confirmed.append(trailer["event_id"])
+                        if len(confirmed) >= 150 and not killed.is_set():
+                            killed.set()
+
+    threads = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(12)]
+    try:
+        for t in threads:
+            t.start()
+        assert killed.wait(60), "the load never got going"
+        gws[1].kill()  # mid-load, no drain, no flush
+        with lock:
+            at_kill = len(confirmed)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with lock:
+                if len(confirmed) >= at_kill + 100:
+                    break
+            time.sleep(0.05)
+        stop.set()
+        for t in threads:
+            t.join(60)
+    finally:
+        stop.set()
+        for g in gws:
+            g.stop()
+    with psycopg.connect(store) as con:
+        stored = {r[0] for r in con.execute("SELECT event_id FROM audit_events WHERE type = 'query.executed'")}
+    lost = [e for e in confirmed if e not in stored]
+    assert len(confirmed) >= 250 and lost == [], f"{len(lost)} of {len(confirmed)} completions reported ok are not in the store"

@@ -112,8 +112,8 @@ class Gateway:
         self.config = config
         self.policy = policy or load_policy(config.policy_path)
         self._audit_append = audit
-        # Records that need not be durable before the response goes on (a query's
-        # completion) are queued in order without waiting for their commit.
+        # Records that need not be durable before the response goes on (refused-token
+        # aggregates) are queued in order without waiting for their commit.
         self._audit_later = audit_later or audit
         secret = config.secret()
         self.mask_key = hashlib.sha256(b"warden-mask-key\x00" + secret).digest()
@@ -731,7 +731,10 @@ class Gateway:
             )  # fmt: skip
             completion_id = ""
             try:
-                completion_id = (self.audit_later([done]) or [""])[0]
+                # Durable before the trailer leaves: a client told "ok" can always find
+                # the completion, even if this process dies next (group commit batches
+                # the concurrent ones into one transaction).
+                completion_id = (self.audit([done]) or [""])[0]
             except AuditUnavailableError:
                 status = "audit-failed"
             with contextlib.suppress(GeneratorExit, RuntimeError):
