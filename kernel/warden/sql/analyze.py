@@ -257,6 +257,19 @@ def _analyse(
             )
             statements.append(StatementAnalysis(index, "other", text, unresolved=(cell_problems[-1],)))
             continue
+        except (TypeError, ValueError, AttributeError, RecursionError) as exc:
+            # The parser itself broke on hostile text: still a parse error, never a crash.
+            first_tok = chunk[0]
+            cell_problems.append(
+                Unresolved(
+                    "parse-error",
+                    f"statement {index + 1} could not be parsed ({type(exc).__name__})",
+                    first_tok.line,
+                    first_tok.col,
+                )
+            )
+            statements.append(StatementAnalysis(index, "other", text, unresolved=(cell_problems[-1],)))
+            continue
         stmt = parsed[0] if parsed else None
         if stmt is None:
             continue
@@ -385,11 +398,12 @@ def analyse_statement(
     base = StatementAnalysis(index=index, kind=kind, sql=text, search_path=path)
     if isinstance(stmt, exp.Command):
         return _command(stmt, base, catalog, path)
-    annotate_calls(stmt, text if source is None else source, catalog.dialect)
-    normalize_identifiers(stmt, dialect=catalog.dialect)
-    resolve_table_schemas(stmt, catalog, path)
     lineage = QueryLineage(catalog, path)
+    referenced: list[str] = []
     try:
+        annotate_calls(stmt, text if source is None else source, catalog.dialect)
+        normalize_identifiers(stmt, dialect=catalog.dialect)
+        resolve_table_schemas(stmt, catalog, path)
         calls, call_problems = statement_calls(stmt, catalog)
         referenced = _referenced_relations(stmt, kind, lineage)
         complete_row_source_aliases(stmt, catalog)
