@@ -13,3 +13,13 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -c 'import warden, sqlglot, duckdb, pyarrow, psycopg' 
   touch "$stamp"
 fi
+# configurable-http-proxy (JupyterHub's proxy) for the real Hub in tests/test_jupyterhub.py,
+# into the project-local .node/ (gitignored); only the npm registry is contacted.
+chp=.node/node_modules/.bin/configurable-http-proxy
+if [ ! -x "$chp" ] && command -v npm >/dev/null 2>&1; then
+  node_major=$(node -p 'process.versions.node.split(".")[0]')
+  # CHP 5 requires node >= 20; 4.x runs on older distributions' node.
+  if [ "$node_major" -ge 20 ]; then chp_version=5; else chp_version=4; fi
+  npm install --silent --no-audit --no-fund --prefix .node "configurable-http-proxy@$chp_version" >/dev/null
+  "$chp" --version >/dev/null
+fi

@@ -21,9 +21,15 @@ have_postgres_server() {
         && command -v postgres >/dev/null 2>&1
 }
 
+# node and npm: configurable-http-proxy (JupyterHub's proxy) for tests/test_jupyterhub.py.
+have_node() { command -v node >/dev/null 2>&1; }
+have_npm() { command -v npm >/dev/null 2>&1; }
+
 # "<check function>:<apt package>", one per dependency.
 DEPS=(
     "have_postgres_server:postgresql"
+    "have_node:nodejs"
+    "have_npm:npm"
 )
 
 missing=()

@@ -87,10 +87,12 @@ def _parser() -> argparse.ArgumentParser:
         p.set_defaults(func=_approvals_decide, verb=verb)
 
     from warden.audit.cli import register as register_audit
+    from warden.hub.config import register as register_hub_config
     from warden.kernel.install import register as register_install
 
     register_audit(sub)
     register_install(sub)
+    register_hub_config(sub)
 
     demo = sub.add_parser("demo", help="build the demo database and show decisions and masked results")
     demo.add_argument("--dir", help="where to put the demo files (default: a warden folder in the user's data dir)")

@@ -86,6 +86,7 @@ AuthErrorCode = Literal[
     "token-request-failed",  # the token endpoint refused a client-credentials request
     "issuer-unavailable",  # discovery/JWKS/token endpoint unreachable or broken
     "misconfigured",  # bad OIDCConfig, or discovery says another issuer
+    "insufficient-scope",  # a JupyterHub token without access to the warden service
 ]
 
 _SERVER_SIDE: frozenset[str] = frozenset({"issuer-unavailable", "misconfigured"})
@@ -114,6 +115,8 @@ class AuthError(WardenError):
             return 503
         if self.code == "misconfigured":
             return 500
+        if self.code == "insufficient-scope":
+            return 403
         return 401
 
     @property
@@ -123,7 +126,7 @@ class AuthError(WardenError):
             return 'Bearer realm="warden"'
         if self.code in _SERVER_SIDE:
             return 'Bearer realm="warden"'
-        error = "invalid_request" if self.code == "malformed" else "invalid_token"
+        error = {"malformed": "invalid_request", "insufficient-scope": "insufficient_scope"}.get(self.code, "invalid_token")
         description = _header_safe(self.message)
         return f'Bearer realm="warden", error="{error}", error_description="{description}"'
 

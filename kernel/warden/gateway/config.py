@@ -36,7 +36,7 @@ SETTINGS: dict[str, tuple[str, ...]] = {
     "auth": (
         "mode", "issuer", "audience", "groups_claim", "attribute_claims", "token_file",
         "jwks_cache_seconds", "leeway_seconds", "local_groups", "local_attributes",
-        "failure_window_seconds",
+        "failure_window_seconds", "hub_api_url", "hub_service_name", "hub_token_env", "hub_cache_seconds",
     ),
     "audit": ("store", "store_env", "checkpoint_every", "checkpoint_seconds", "checkpoint_file"),
     "approvals": ("store", "store_env", "ttl_seconds", "uses", "webhook", "max_wait_seconds"),
@@ -50,7 +50,7 @@ class ConfigError(WardenError):
 
 @dataclass(frozen=True)
 class AuthSettings:
-    mode: str = "oidc"  # oidc | local
+    mode: str = "oidc"  # oidc | local | jupyterhub (Hub tokens; plus OIDC JWTs when issuer is set)
     issuer: str = ""
     audience: str = ""
     groups_claim: str = "groups"
@@ -59,6 +59,10 @@ class AuthSettings:
     jwks_cache_seconds: int = 300
     leeway_seconds: int = 30
     failure_window_seconds: float = 60.0  # refused requests: one audit record per source per window
+    hub_api_url: str = ""  # jupyterhub mode: the Hub API (default: $JUPYTERHUB_API_URL)
+    hub_service_name: str = "warden"  # the scope access:services!service=<this> is required
+    hub_token_env: str = "JUPYTERHUB_API_TOKEN"  # the gateway's own Hub token (reads token expiry)
+    hub_cache_seconds: float = 30.0  # never past the token's own expiry
 
 
 @dataclass(frozen=True)
@@ -152,12 +156,20 @@ def config_from_mapping(data: dict[str, Any], *, base: Path, path: Path | None =
         raise ConfigError("'policy' (the policy file) is required")
     state_dir = _state_dir(data, base)
     auth_mode = str(auth.get("mode", "local" if mode == "local" else "oidc"))
-    if auth_mode not in ("oidc", "local"):
-        raise ConfigError("auth.mode must be oidc or local")
+    if auth_mode not in ("oidc", "local", "jupyterhub"):
+        raise ConfigError("auth.mode must be oidc, local or jupyterhub")
     if auth_mode == "local" and mode != "local":
         raise ConfigError("auth.mode 'local' (the OS user) is only allowed with mode: local")
     if auth_mode == "oidc" and not (auth.get("issuer") and auth.get("audience")):
         raise ConfigError("auth.mode oidc needs auth.issuer and auth.audience")
+    hub_api_url = str(auth.get("hub_api_url") or os.environ.get("JUPYTERHUB_API_URL", ""))
+    if auth_mode == "jupyterhub":
+        if mode != "shared":
+            raise ConfigError("auth.mode 'jupyterhub' needs mode: shared")
+        if not hub_api_url:
+            raise ConfigError("auth.mode jupyterhub needs auth.hub_api_url (or $JUPYTERHUB_API_URL)")
+        if bool(auth.get("issuer")) != bool(auth.get("audience")):
+            raise ConfigError("auth.mode jupyterhub: OIDC service accounts need both auth.issuer and auth.audience")
     audit_store = _store(audit, default=f"duckdb://{state_dir / 'audit.duckdb'}", what="audit")
     approvals_store = _store(approvals, default=_sibling_store(audit_store, state_dir), what="approvals")
     capture = str(data.get("capture", "fingerprint"))
@@ -183,6 +195,10 @@ def config_from_mapping(data: dict[str, Any], *, base: Path, path: Path | None =
             jwks_cache_seconds=int(auth.get("jwks_cache_seconds", 300)),
             leeway_seconds=int(auth.get("leeway_seconds", 30)),
             failure_window_seconds=_positive(auth.get("failure_window_seconds", 60.0), "auth.failure_window_seconds"),
+            hub_api_url=hub_api_url,
+            hub_service_name=str(auth.get("hub_service_name") or os.environ.get("JUPYTERHUB_SERVICE_NAME") or "warden"),
+            hub_token_env=str(auth.get("hub_token_env", "JUPYTERHUB_API_TOKEN")),
+            hub_cache_seconds=float(auth.get("hub_cache_seconds", 30.0)),
         ),
         audit_store=audit_store,
         checkpoint_every=int(audit.get("checkpoint_every", 1000)),

@@ -203,6 +203,10 @@ def build(config: GatewayConfig, *, store: Any = None, oidc_transport: Any = Non
         def authenticate(header: str | None) -> Identity:
             return local.verify(bearer_token(header))
 
+    elif config.auth.mode == "jupyterhub":  # Hub tokens, plus OIDC JWTs for service accounts
+        from warden.hub.auth import hub_authenticator
+
+        authenticate = hub_authenticator(config.auth, oidc_transport=oidc_transport)
     else:
         verifier = OIDCVerifier(
             OIDCConfig(

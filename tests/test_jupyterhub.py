@@ -1,0 +1,260 @@
+"""warden on a real JupyterHub (issue 10): the Hub is started with `warden hub-config`'s
+fragment, a real gateway runs beside it as the Hub service ``warden`` (auth.mode:
+jupyterhub, plus the test OIDC issuer for service accounts), and users' Hub tokens are
+the only credentials the kernels' side ever holds."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from traitlets.config import Config
+
+from gateway_harness import POLICY, GatewayProcess, seed_duckdb
+from hub_harness import HubProcess, wait_for
+from oidc_issuer import OIDCIssuer
+from pgserver import free_port
+from warden.gateway.auth import AuthError, fetch_client_credentials_token
+from warden.gateway.client import GatewayClient, GatewayError, Held
+from warden.hub.auth import HubAuthConfig, HubTokenVerifier
+from warden.hub.config import HubConfigOptions, render
+
+ACCESS = "access:services!service=warden"
+GROUPS = {"analysts": ["alice"], "eng": ["bob"], "audit": ["carol"]}
+EMAIL_SQL = "SELECT id, name, email FROM customers ORDER BY id"
+HELD_SQL = "SELECT name FROM customers WHERE email = 'ada@analytical.example'"
+
+
+@dataclass
+class Deployment:
+    hub: HubProcess
+    gateway: GatewayProcess
+    issuer: OIDCIssuer
+    tokens: dict[str, str]  # user -> a Hub token with the warden scope
+
+    def client(self, user_or_token: str) -> GatewayClient:
+        return GatewayClient(self.gateway.url, token=self.tokens.get(user_or_token, user_or_token), timeout=30)
+
+
+def hub_config_fragment(workdir: Path, gateway_url: str, service_token_file: Path) -> str:
+    """What an admin runs: `warden hub-config ...` (the real command line)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "warden.cli", "hub-config", "--gateway-url", gateway_url,
+         "--service-token-file", str(service_token_file), "--kernelspec-prefix", str(workdir / "kernels")],
+        check=True, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    return out.stdout
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    root = tmp_path_factory.mktemp("hub")
+    (root / "hub").mkdir()
+    (root / "gw").mkdir()
+    issuer = OIDCIssuer(audience="warden").start()
+    issuer.register_client("etl-bot", "etl-secret", groups=["eng"])
+    hub = HubProcess(root / "hub", fragment="", groups=GROUPS, hub_port=free_port())
+    gateway: GatewayProcess | None = None
+    try:
+        # The gateway first, as its own process with its own state; it reaches the Hub
+        # API lazily, so it only needs the Hub's (pre-chosen) port.
+        seed_duckdb(root / "gw" / "data.duckdb")
+        policy = json.loads(json.dumps(POLICY))
+        policy["connections"] = {"dk": policy["connections"]["dk"]}  # no PostgreSQL needed here
+        (root / "gw" / "policy.yaml").write_text(yaml.safe_dump(policy))
+        config = {
+            "gateway_id": "gw-hub", "mode": "shared", "policy": "policy.yaml", "state_dir": "state",
+            "auth": {"mode": "jupyterhub", "hub_api_url": hub.api_url, "hub_cache_seconds": 2,
+                     "issuer": issuer.issuer, "audience": "warden"},
+        }  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("WARDEN_", "JUPYTERHUB_"))}
+        env["JUPYTERHUB_API_TOKEN"] = hub.service_token  # the gateway is the Hub service 'warden'
+        gateway = GatewayProcess(root / "gw", env, config).start()
+        # Then the Hub, configured by what an admin would paste: `warden hub-config`.
+        hub.fragment = hub_config_fragment(root / "hub", gateway.url, hub.service_token_file)
+        hub.start()
+        tokens = {user: hub.new_token(user, [ACCESS])[0] for users in GROUPS.values() for user in users}
+        yield Deployment(hub, gateway, issuer, tokens)
+    finally:
+        if gateway is not None:
+            gateway.stop()
+        hub.stop()
+        issuer.stop()
+
+
+# --------------------------------------------------------------------------------------
+
+
+def test_hub_users_are_subjects_and_hub_groups_are_policy_groups(deployment: Deployment) -> None:
+    for user, group, role in (("alice", "analysts", "analyst"), ("bob", "eng", "engineer"), ("carol", "audit", "auditor")):
+        with deployment.client(user) as c:
+            who = c.whoami()
+        assert (who["subject"], who["kind"], who["groups"], who["roles"]) == (user, "human", [group], [role])
+
+
+def test_masks_differ_by_hub_group_and_the_audit_names_the_hub_user(deployment: Deployment) -> None:
+    with deployment.client("alice") as a, deployment.client("bob") as b:
+        ra, rb = a.run("dk", EMAIL_SQL), b.run("dk", EMAIL_SQL)
+    assert ra.last is not None and rb.last is not None and ra.last.table is not None and rb.last.table is not None
+    alice_emails = ra.last.table.column("email").to_pylist()
+    bob_emails = rb.last.table.column("email").to_pylist()
+    assert "ada@analytical.example" not in alice_emails + bob_emails
+    assert alice_emails != bob_emails  # analysts: email mask; engineers: hash
+    assert {m["column"] for m in ra.last.masks} == {"email"} == {m["column"] for m in rb.last.masks}
+    with deployment.client("carol") as auditor:
+        events = wait_for(lambda: [e for e in auditor.audit(type="query.executed,query.masked", limit="200")
+                                   if e.get("sql") == EMAIL_SQL and e["subject"] in ("alice", "bob")],
+                          timeout=10, what="query records")  # fmt: skip
+    by_subject = {e["subject"]: e for e in events}
+    assert set(by_subject) == {"alice", "bob"}
+    assert list(by_subject["alice"]["groups"]) == ["analysts"]
+    assert list(by_subject["bob"]["groups"]) == ["eng"]
+    assert {e["auth_method"] for e in events} == {"hub-token"}
+
+
+def test_a_token_of_alice_is_alice_whatever_the_request_claims(deployment: Deployment) -> None:
+    forged = {"X-Forwarded-User": "bob", "X-Remote-User": "bob", "X-JupyterHub-User": "bob"}
+    r = httpx.get(deployment.gateway.url + "/v1/whoami", headers={"Authorization": f"Bearer {deployment.tokens['alice']}", **forged}, timeout=10)
+    assert r.status_code == 200 and r.json()["subject"] == "alice"
+    # Alice's held request is hers alone: Bob sees neither the request nor her events.
+    with deployment.client("alice") as a, pytest.raises(Held) as held:
+        a.run("dk", HELD_SQL, context={"notebook_path": "alice.ipynb"})
+    approval_id = held.value.approval["id"]
+    with deployment.client("bob") as b:
+        assert approval_id not in {x["id"] for x in b.approvals()}
+        with pytest.raises(GatewayError):
+            b.approval(approval_id)
+        mine = b._json("GET", "/v1/me/events", params={"limit": "500"})["events"]
+    assert mine and {e["subject"] for e in mine} == {"bob"}
+    with deployment.client("alice") as a:
+        assert approval_id in {x["id"] for x in a.approvals()}
+
+
+def test_tokens_without_the_warden_scope_or_of_a_service_are_refused_and_audited(deployment: Deployment) -> None:
+    hub = deployment.hub
+    no_scope, _ = hub.new_token("alice", ["read:users:name!user"])
+    cases = {
+        no_scope: "auth/insufficient-scope",
+        hub.admin_token: "auth/invalid-credentials",  # a Hub service's token, not a user's
+        "0" * 32: "auth/invalid-credentials",  # a token the Hub never issued
+    }
+    for token, code in cases.items():
+        r = httpx.get(deployment.gateway.url + "/v1/whoami", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        assert (r.status_code, r.json()["error"]["code"]) == (401, code), r.text
+        assert token not in r.text
+    with deployment.client("carol") as auditor:
+        failures = wait_for(lambda: [e for e in auditor.audit(type="auth.failure", limit="100")
+                                     if "insufficient-scope" in json.dumps(e)], timeout=10, what="auth.failure")  # fmt: skip
+    assert failures and all(no_scope not in json.dumps(e) for e in failures)
+
+
+def test_a_revoked_hub_token_stops_working_within_the_cache_window(deployment: Deployment) -> None:
+    token, token_id = deployment.hub.new_token("bob", [ACCESS])
+    with deployment.client(token) as c:
+        assert c.whoami()["subject"] == "bob"
+        assert deployment.hub.api("DELETE", f"/users/bob/tokens/{token_id}").status_code == 204
+        started = time.monotonic()
+
+        def refused() -> bool:
+            try:
+                c.whoami()
+            except GatewayError as exc:
+                return "invalid-credentials" in str(exc.code) or "invalid-credentials" in str(exc)
+            return False
+
+        wait_for(refused, timeout=10, what="the revoked token to be refused")
+    assert time.monotonic() - started <= 2 + 1.5  # hub_cache_seconds: 2
+
+
+def test_the_cache_never_outlives_the_token(deployment: Deployment) -> None:
+    hub = deployment.hub
+    verifier = HubTokenVerifier(HubAuthConfig(api_url=hub.api_url, service_token=hub.service_token, cache_seconds=3600))
+    try:
+        token, _ = hub.new_token("alice", [ACCESS], expires_in=3)
+        before = time.time()
+        assert verifier.verify(token).subject == "alice"
+        until = verifier.cached_until(token)
+        assert until is not None and before < until <= before + 3.5  # the token's expiry, not an hour
+        calls = verifier.hub_calls
+        assert verifier.verify(token).subject == "alice" and verifier.hub_calls == calls  # from the cache
+        wait_for(lambda: time.time() > until, timeout=6, what="the token's expiry")
+        with pytest.raises(AuthError) as info:
+            verifier.verify(token)
+        assert info.value.code == "invalid-credentials"
+        # Without its own Hub token the gateway cannot read expiries, so it caches nothing.
+        blind = HubTokenVerifier(HubAuthConfig(api_url=hub.api_url, cache_seconds=3600))
+        blind.verify(deployment.tokens["alice"])
+        assert blind.cached_until(deployment.tokens["alice"]) is None
+        blind.close()
+    finally:
+        verifier.close()
+
+
+def test_service_accounts_keep_working_through_oidc_beside_the_hub(deployment: Deployment) -> None:
+    token = fetch_client_credentials_token(deployment.issuer.issuer, "etl-bot", "etl-secret", audience="warden")
+    with deployment.client(token) as c:
+        who = c.whoami()
+    assert (who["subject"], who["kind"], who["groups"]) == ("etl-bot", "service", ["eng"])
+    forged = deployment.issuer.stranger_key().sign({"alg": "RS256", "kid": "x"}, deployment.issuer.claims(sub="alice"))
+    r = httpx.get(deployment.gateway.url + "/v1/whoami", headers={"Authorization": f"Bearer {forged}"}, timeout=10)
+    assert r.status_code == 401
+
+
+def test_the_hub_accepted_the_generated_fragment(deployment: Deployment) -> None:
+    hub = deployment.hub
+    service = hub.api("GET", "/services/warden")
+    assert service.status_code == 200 and service.json()["name"] == "warden"
+    assert "warden-gateway" in service.json()["roles"]
+    # Users hold the warden scope through the 'user' role (else the Hub would refuse to
+    # issue the tokens the fixture made); a scope users do not hold is refused.
+    assert "user" in hub.api("GET", "/users/alice").json()["roles"]
+    refused = hub.api("POST", "/users/alice/tokens", json={"scopes": ["access:services!service=test-admin"]})
+    assert refused.status_code in (400, 403)  # JupyterHub: "not held by the user"
+    spec = json.loads((hub.workdir / "kernels" / "share" / "jupyter" / "kernels" / "warden" / "kernel.json").read_text())
+    assert spec["argv"][1:3] == ["-m", "warden.kernel"]
+    # The same text loads into a bare traitlets Config, as documented.
+    c = Config()
+    exec(compile(hub.fragment, "warden_hub.py", "exec"), {"c": c})
+    assert c.Spawner.server_token_scopes == ["users:activity!user", "access:servers!server", ACCESS]
+    assert "WARDEN_GATEWAY_URL" in str(c.Spawner.environment)
+
+
+def test_hub_config_refuses_bad_names() -> None:
+    with pytest.raises(ValueError):
+        HubConfigOptions(service_name="war den")
+    text = render(HubConfigOptions(gateway_config="/etc/warden/gateway.yaml", gateway_user="warden"))
+    assert '"command": [\'warden\', \'gateway\', \'--config\', \'/etc/warden/gateway.yaml\']' in text
+    assert "api_token" not in text  # a managed service gets its token from the Hub
+
+
+def test_single_user_server_offers_only_warden_and_holds_no_credentials(deployment: Deployment) -> None:
+    hub = deployment.hub
+    hub.start_server("alice")
+    try:
+        token, _ = hub.new_token("alice", ["access:servers!user"])
+        specs = httpx.get(f"{hub.url}/user/alice/api/kernelspecs", headers={"Authorization": f"token {token}"}, timeout=30)
+        assert specs.status_code == 200, specs.text
+        body = specs.json()
+        assert set(body["kernelspecs"]) == {"warden"} and body["default"] == "warden"
+        # The server's own token (what its kernels present) carries the warden scope.
+        server_tokens = [t for t in hub.api("GET", "/users/alice/tokens").json()["api_tokens"] if "Server at" in (t.get("note") or "")]
+        assert server_tokens and ACCESS in server_tokens[0]["scopes"]
+        state = hub.api("GET", "/users/alice", params={"include_stopped_servers": "0"}).json()["servers"][""]["state"]
+        environ = Path(f"/proc/{state['pid']}/environ").read_bytes().decode(errors="replace").split("\0")
+        env = dict(item.partition("=")[::2] for item in environ if item)
+        assert env["WARDEN_GATEWAY_URL"] == deployment.gateway.url
+        assert "JUPYTERHUB_API_TOKEN" in env
+        secrets_seen = [k for k in env if "DSN" in k or k in ("WARDEN_TOKEN", "WARDEN_CLIENT_SECRET", "PGPASSWORD")]
+        assert secrets_seen == []
+        assert hub.service_token not in "\0".join(environ)
+    finally:
+        hub.api("DELETE", "/users/alice/server")
