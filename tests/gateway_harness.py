@@ -141,3 +141,59 @@ class GatewayProcess:
         if self.proc is not None and self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
+
+
+def oidc_gateway_config(issuer_url: str, gateway_id: str, **extra: Any) -> dict[str, Any]:
+    """A shared-mode gateway config with OIDC identity (``region`` as a user attribute)."""
+    return {
+        "gateway_id": gateway_id,
+        "mode": "shared",
+        "policy": "policy.yaml",
+        "state_dir": "state",
+        "auth": {"mode": "oidc", "issuer": issuer_url, "audience": "warden", "attribute_claims": ["region"]},
+        **extra,
+    }
+
+
+@dataclass
+class SeededGateway:
+    gw: GatewayProcess
+    pg_dsn: str
+    dk_path: Path
+    raw: dict[str, list[str]]  # connection -> the raw classified values (email, ssn)
+
+
+@contextlib.contextmanager
+def seeded_gateway(
+    postgres: Any,
+    issuer_url: str,
+    work: Path,
+    *,
+    gateway_id: str,
+    pg_sql: str = "",
+    dk_sql: str = "",
+    policy: dict[str, Any] | None = None,
+    **config: Any,
+) -> Any:
+    """A real gateway over freshly seeded PostgreSQL and DuckDB data (plus ``pg_sql`` and
+    ``dk_sql``), stopped by pid when the block ends."""
+    dsn = postgres.create_database(prefix=gateway_id.replace("-", "_")[:20])
+    seed_postgres(dsn)
+    with psycopg.connect(dsn, autocommit=True) as con:
+        if pg_sql:
+            con.execute(pg_sql)
+        pg_raw = [v for row in con.execute("SELECT email, ssn FROM customers").fetchall() for v in row]
+    dk = work / "data.duckdb"
+    seed_duckdb(dk)
+    db = duckdb.connect(str(dk))
+    if dk_sql:
+        db.execute(dk_sql)
+    dk_raw = [v for row in db.execute("SELECT email, ssn FROM customers").fetchall() for v in row]
+    db.close()
+    (work / "policy.yaml").write_text(yaml.safe_dump(policy or POLICY))
+    cfg = oidc_gateway_config(issuer_url, gateway_id, **config)
+    gw = GatewayProcess(work, {**os.environ, "WARDEN_TEST_PG_DSN": dsn}, cfg).start()
+    try:
+        yield SeededGateway(gw, dsn, dk, {"pg": pg_raw, "dk": dk_raw})
+    finally:
+        gw.stop()

@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from engine_fixtures import FIXTURES, decision_cases
-from gateway_harness import GatewayProcess
+from gateway_harness import GatewayProcess, oidc_gateway_config
 from oidc_issuer import OIDCIssuer
 from pgserver import PostgresServer
 from warden.gateway.frames import chunk_stream, read_frames
@@ -118,13 +118,7 @@ def gateway(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) 
     db.close()
     (work / "policy.yaml").write_text((FIXTURES / "policy.yaml").read_text())
     with OIDCIssuer(audience="warden") as issuer:
-        config = {
-            "gateway_id": "gw-decisions",
-            "mode": "shared",
-            "policy": "policy.yaml",
-            "state_dir": "state",
-            "auth": {"mode": "oidc", "issuer": issuer.issuer, "audience": "warden", "attribute_claims": ["region"]},
-        }
+        config = oidc_gateway_config(issuer.issuer, "gw-decisions")
         gw = GatewayProcess(work, {**os.environ, "WARDEN_TEST_PG_DSN": dsn}, config).start()
         try:
             yield gw, issuer

@@ -13,19 +13,16 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import random
 import time
 from collections.abc import Iterator
 from typing import Any
 
-import duckdb
 import httpx
 import psycopg
 import pytest
-import yaml
 
-from gateway_harness import POLICY, GatewayProcess, seed_duckdb, seed_postgres
+from gateway_harness import POLICY, seeded_gateway
 from oidc_issuer import OIDCIssuer
 from pgserver import PostgresServer
 from test_gateway_failclosed_runtime import ANA, EVE, Env, Run, assert_no_raw, events, post
@@ -59,33 +56,14 @@ def issuer() -> Iterator[OIDCIssuer]:
 
 @pytest.fixture(scope="module")
 def env(postgres: PostgresServer, issuer: OIDCIssuer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    work = tmp_path_factory.mktemp("failclosed-analysis")
-    dsn = postgres.create_database(prefix="fcanalysis")
-    seed_postgres(dsn)
-    with psycopg.connect(dsn, autocommit=True) as con:
-        con.execute(PG_EXTRA)
-        pg_raw = [v for row in con.execute("SELECT email, ssn FROM customers").fetchall() for v in row]
-    dk = work / "data.duckdb"
-    seed_duckdb(dk)
-    db = duckdb.connect(str(dk))
-    db.execute(DK_EXTRA)
-    dk_raw = [v for row in db.execute("SELECT email, ssn FROM customers").fetchall() for v in row]
-    db.close()
     policy = copy.deepcopy(POLICY)
     policy["functions"] = {"pg.public.declared_ssn": {"reads": ["pg.public.customers.ssn"]}}
-    (work / "policy.yaml").write_text(yaml.safe_dump(policy))
-    config = {
-        "gateway_id": "gw-failclosed-analysis",
-        "mode": "shared",
-        "policy": "policy.yaml",
-        "state_dir": "state",
-        "auth": {"mode": "oidc", "issuer": issuer.issuer, "audience": "warden", "attribute_claims": ["region"]},
-    }
-    gw = GatewayProcess(work, {**os.environ, "WARDEN_TEST_PG_DSN": dsn}, config).start()
-    try:
-        yield Env(gw, issuer, dsn, dk, {"pg": [*pg_raw, TOKEN], "dk": [*dk_raw, TOKEN]})
-    finally:
-        gw.stop()
+    work = tmp_path_factory.mktemp("failclosed-analysis")
+    with seeded_gateway(
+        postgres, issuer.issuer, work, gateway_id="gw-failclosed-analysis", pg_sql=PG_EXTRA, dk_sql=DK_EXTRA, policy=policy
+    ) as seeded:
+        raw = {conn: [*values, TOKEN] for conn, values in seeded.raw.items()}
+        yield Env(seeded.gw, issuer, seeded.pg_dsn, seeded.dk_path, raw)
 
 
 def _events_until(env: Env, run: Run, who: tuple[str, list[str]], type_: str) -> list[dict[str, Any]]:

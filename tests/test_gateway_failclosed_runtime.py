@@ -19,21 +19,26 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import httpx
 import psycopg
 import pyarrow as pa
 import pytest
 import yaml
 
-from gateway_harness import CUSTOMERS, POLICY, GatewayProcess, seed_duckdb, seed_postgres
+from gateway_harness import (
+    CUSTOMERS,
+    POLICY,
+    GatewayProcess,
+    seed_duckdb,
+    seed_postgres,
+    seeded_gateway,
+)
 from oidc_issuer import OIDCIssuer
 from pgserver import PostgresServer
 from warden.gateway.client import GatewayClient
@@ -88,33 +93,11 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env(postgres: PostgresServer, issuer: OIDCIssuer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    pg_sql = PG_DOCS + "CREATE UNIQUE INDEX customers_email ON customers (email);"
+    limits = {"statement_timeout_ms": 20000, "max_rows": 1000000}
     work = tmp_path_factory.mktemp("failclosed")
-    dsn = postgres.create_database(prefix="failclosed")
-    seed_postgres(dsn)
-    with psycopg.connect(dsn, autocommit=True) as con:
-        con.execute(PG_DOCS)
-        con.execute("CREATE UNIQUE INDEX customers_email ON customers (email)")
-        pg_raw = [v for row in con.execute("SELECT email, ssn FROM customers").fetchall() for v in row]
-    dk = work / "data.duckdb"
-    seed_duckdb(dk)
-    db = duckdb.connect(str(dk))
-    db.execute(DK_DOCS)
-    dk_raw = [v for row in db.execute("SELECT email, ssn FROM customers").fetchall() for v in row]
-    db.close()
-    (work / "policy.yaml").write_text(yaml.safe_dump(POLICY))
-    config = {
-        "gateway_id": "gw-failclosed",
-        "mode": "shared",
-        "policy": "policy.yaml",
-        "state_dir": "state",
-        "auth": {"mode": "oidc", "issuer": issuer.issuer, "audience": "warden", "attribute_claims": ["region"]},
-        "limits": {"statement_timeout_ms": 20000, "max_rows": 1000000},
-    }
-    gw = GatewayProcess(work, {**os.environ, "WARDEN_TEST_PG_DSN": dsn}, config).start()
-    try:
-        yield Env(gw, issuer, dsn, dk, {"pg": pg_raw, "dk": dk_raw})
-    finally:
-        gw.stop()
+    with seeded_gateway(postgres, issuer.issuer, work, gateway_id="gw-failclosed", pg_sql=pg_sql, dk_sql=DK_DOCS, limits=limits) as seeded:
+        yield Env(seeded.gw, issuer, seeded.pg_dsn, seeded.dk_path, seeded.raw)
 
 
 # --------------------------------------------------------------------------- helpers

@@ -41,9 +41,11 @@ def error_response(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"status": "error", "error": {"code": code, "message": message}}, status_code=status)
 
 
-def create_app(gateway: Gateway, authenticate: Authenticate, *, audit_reader: Any = None, audit_verifier: Any = None) -> Starlette:
+def create_app(gateway: Gateway, authenticate: Authenticate, *, audit_reader: Any = None, audit_verifier: Any = None, audit_sql: Any = None) -> Starlette:
     """The ASGI app. ``authenticate`` maps the Authorization header to an Identity or
-    raises a WardenError with a ``code``; ``audit_reader`` serves /v1/audit."""
+    raises a WardenError with a ``code``; ``audit_reader`` serves /v1/audit;
+    ``audit_sql`` (gateway/audit_sql.py) serves the built-in ``audit`` connection."""
+    from warden.gateway.audit_sql import AUDIT_CONNECTION, may_audit
 
     # Refused tokens are counted per source and interval, not written one by one.
     failures = AuthFailures(
@@ -91,11 +93,14 @@ def create_app(gateway: Gateway, authenticate: Authenticate, *, audit_reader: An
             "subject": who.subject, "display_name": who.display_name, "kind": who.kind,
             "groups": sorted(who.groups), "roles": roles, "mode": gateway.config.mode,
             "gateway_id": gateway.config.gateway_id, "approver": gateway.can_approve(who),
-            "connections": sorted(gateway.policy.connections),
+            "connections": sorted(gateway.policy.connections), "auditor": may_audit(gateway, who),
         }  # fmt: skip
+        if body["auditor"] and audit_sql is not None:
+            body["connections"] = sorted({*gateway.policy.connections, AUDIT_CONNECTION})
         if gateway.config.mode == "local":
             body["note"] = ("local mode is advisory: the gateway runs as your own OS user, so it "
-                            "records and masks but cannot stop you from reading the files yourself")  # fmt: skip
+                            "records and masks but cannot stop you from reading the files yourself; "
+                            "you are also the auditor of your own log (%%sql audit)")  # fmt: skip
         return JSONResponse(body)
 
     async def run_cell(request: Request) -> Response:
@@ -106,7 +111,10 @@ def create_app(gateway: Gateway, authenticate: Authenticate, *, audit_reader: An
         def start() -> tuple[Any, bytes]:
             # Run the cell and take its first frame (the decision, with the query id a
             # client needs to cancel) in the same thread hop.
-            outcome = gateway.run_cell(who, req, client_ip=ip)
+            if req.connection == AUDIT_CONNECTION and audit_sql is not None:
+                outcome = audit_sql.run(who, req, client_ip=ip)  # the auditor's SQL over the live log
+            else:
+                outcome = gateway.run_cell(who, req, client_ip=ip)
             first = next(outcome.frames, b"") if outcome.frames is not None else b""
             return outcome, first
 
@@ -156,7 +164,7 @@ def create_app(gateway: Gateway, authenticate: Authenticate, *, audit_reader: An
 
     async def audit_query(request: Request) -> Response:
         who = await identity_of(request)
-        if not gateway.is_auditor(who):
+        if not may_audit(gateway, who):
             raise HTTPError(403, "not-auditor", "reading the audit log needs the policy's 'auditors' (groups, users or roles)")
         if audit_reader is None:
             raise HTTPError(501, "not-configured", "this gateway has no audit reader")
@@ -205,6 +213,8 @@ def create_app(gateway: Gateway, authenticate: Authenticate, *, audit_reader: An
     async def completions(request: Request) -> Response:
         who = await identity_of(request)
         connection = request.query_params.get("connection", "")
+        if connection == AUDIT_CONNECTION and audit_sql is not None and may_audit(gateway, who):
+            return JSONResponse({"connection": connection, "tables": audit_sql.completions()})
         try:
             tables = await run_in_threadpool(gateway.completions, who, connection)
         except ValueError as exc:
@@ -215,7 +225,7 @@ def create_app(gateway: Gateway, authenticate: Authenticate, *, audit_reader: An
 
     async def audit_verify(request: Request) -> Response:
         who = await identity_of(request)
-        if not gateway.is_auditor(who):
+        if not may_audit(gateway, who):
             raise HTTPError(403, "not-auditor", "verifying the audit log needs the policy's 'auditors' (groups, users or roles)")
         if audit_verifier is None:
             raise HTTPError(501, "not-configured", "this gateway cannot verify its audit store")

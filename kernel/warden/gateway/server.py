@@ -252,7 +252,9 @@ def build(config: GatewayConfig, *, store: Any = None, oidc_transport: Any = Non
         result: dict[str, Any] = json.loads(json.dumps(report.to_dict(), default=_json_default))
         return result
 
-    app = create_app(gateway, authenticate, audit_reader=read_audit, audit_verifier=verify_audit)
+    from warden.gateway.audit_sql import AuditConnection
+
+    app = create_app(gateway, authenticate, audit_reader=read_audit, audit_verifier=verify_audit, audit_sql=AuditConnection(gateway, store))
     if config.mode == "local":  # the user's own files: tighten what an earlier version left 0644
         tighten_tree(config.state_dir)
     startup = {"type": "policy.loaded", "gateway_id": config.gateway_id, "mode": config.mode, "status": "ok",

@@ -378,7 +378,7 @@ class Gateway:
             fingerprint=analysis.fingerprint if analysis else "",
             statement_hash=analysis.statement_hash if analysis else "",
             params={"count": len(req.params), "sha256": _params_hash(req.params)} if req.params else None,
-            objects=_objects(analysis) if analysis else [],
+            objects=_objects(analysis, Classifier(self.policy, req.connection)) if analysis else [],
             objects_modified=sorted({w for s in analysis.statements for w in s.writes}) if analysis else [],
             lineage=_lineage(analysis) if analysis else [],
             action=decision.action,
@@ -875,15 +875,22 @@ def _params_hash(params: tuple[Any, ...] | list[Any]) -> str:
     return hashlib.sha256(json.dumps(list(params), default=str, sort_keys=True).encode()).hexdigest()
 
 
-def _objects(analysis: CellAnalysis) -> list[dict[str, Any]]:
+def _objects(analysis: CellAnalysis, classify: Classifier | None = None) -> list[dict[str, Any]]:
     out = []
     for st in analysis.statements:
         cols: dict[str, set[str]] = {}
+        classified: dict[str, list[str]] = {}
         for u in st.uses:
             cols.setdefault(u.column.qualified, set()).add(u.usage.value)
+            # The classification at decision time, kept with the record: the auditor's
+            # `objects` view answers "who touched pii.*" without today's policy.
+            found = classify(u.column) if classify is not None else frozenset()
+            if found:
+                classified[u.column.qualified] = sorted(found)
         out.append({"statement": st.index, "reads": list(st.reads), "writes": list(st.writes),
                     "functions": list(st.functions),
-                    "columns": {k: sorted(v) for k, v in sorted(cols.items())}})  # fmt: skip
+                    "columns": {k: sorted(v) for k, v in sorted(cols.items())},
+                    "classified": dict(sorted(classified.items()))})  # fmt: skip
     return out
 
 

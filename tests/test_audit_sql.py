@@ -1,0 +1,140 @@
+"""``%%sql audit``: auditors query the live log through a running gateway (real process,
+real OIDC issuer, DuckDB store). Views, audit.read records, and every escape denied."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from audit_seed import SESSION, SeededLog, seed, start_gateway
+from oidc_issuer import OIDCIssuer
+from warden.audit.views import VIEW_COLUMNS, VIEW_SQL
+from warden.gateway.client import Denied, GatewayClient
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeededLog]:
+    with OIDCIssuer(audience="warden") as issuer:
+        gw = start_gateway(tmp_path_factory.mktemp("auditsql"), issuer)
+        try:
+            yield seed(gw, issuer)
+        finally:
+            gw.stop()
+
+
+def auditor(log: SeededLog) -> GatewayClient:
+    return GatewayClient(log.gateway.url, token=log.auditor_token())
+
+
+def rows(client: GatewayClient, sql: str) -> list[dict[str, object]]:
+    result = client.run("audit", sql)
+    assert result.last is not None and result.last.table is not None
+    return result.last.table.to_pylist()
+
+
+@pytest.mark.parametrize("view", sorted(VIEW_SQL))
+def test_every_view_runs_with_its_documented_columns(seeded: SeededLog, view: str) -> None:
+    with auditor(seeded) as c:
+        result = c.run("audit", f"SELECT * FROM {view}")
+    assert result.last is not None and result.last.table is not None
+    assert tuple(result.last.table.column_names) == VIEW_COLUMNS[view]
+    assert result.last.table.num_rows > 0
+
+
+def test_queries_objects_approvals_sessions_cells_tell_the_story(seeded: SeededLog) -> None:
+    with auditor(seeded) as c:
+        email = rows(c, "SELECT subject, action, masked FROM objects WHERE column_name = 'main.customers.email' AND list_contains(classifications, 'pii.email')")
+        outcomes = {r["outcome"] for r in rows(c, f"SELECT outcome FROM queries WHERE session_id = '{SESSION}'")}
+        approvals = {r["decision"]: r for r in rows(c, "SELECT * FROM approvals")}
+        session = rows(c, f"SELECT * FROM sessions WHERE session_id = '{SESSION}'")
+        cells = rows(c, f"SELECT execution_count, queries, source FROM cells WHERE session_id = '{SESSION}' ORDER BY execution_count")
+    assert {"subject": "ana", "action": "mask", "masked": True} in email
+    assert {"success", "denied", "failure"} <= outcomes
+    assert approvals["granted"]["approver"] == "olga" and approvals["granted"]["used_at"] is not None
+    assert approvals["rejected"]["requester"] == "eve" and approvals["rejected"]["seconds_to_decide"] >= 0
+    assert session[0]["cells"] == 6 and session[0]["denied"] == 1 and session[0]["ended_at"] is not None
+    assert [r["execution_count"] for r in cells] == [1, 2, 3, 4, 5, 6]
+    assert cells[0]["queries"] == 0 and cells[1]["queries"] == 1 and cells[1]["source"].startswith("%%sql dk")
+
+
+def test_each_query_is_recorded_as_audit_read_with_its_sql(seeded: SeededLog) -> None:
+    marker = "SELECT count(*) AS n FROM events WHERE type <> 'audit-read-marker-7'"
+    with auditor(seeded) as c:
+        c.run("audit", marker)
+        found = rows(c, "SELECT subject, sql, action, connection FROM events WHERE type = 'audit.read' AND sql LIKE '%audit-read-marker-7%'")
+    assert {"subject": "aud", "sql": marker, "action": "allow", "connection": "audit"} in found
+
+
+def test_analysts_may_not_read_the_log_and_the_attempt_is_recorded(seeded: SeededLog) -> None:
+    with seeded.client("ana", ["analysts"], region="emea") as c, pytest.raises(Denied) as denied:
+        c.run("audit", "SELECT * FROM events -- analyst-try")
+    assert denied.value.rule_ids == ["audit/not-auditor"]
+    with auditor(seeded) as c:
+        found = rows(c, "SELECT subject, action FROM events WHERE type = 'audit.read' AND subject = 'ana' AND sql LIKE '%analyst-try%'")
+    assert found == [{"subject": "ana", "action": "deny"}]
+
+
+ESCAPES = [
+    ("DELETE FROM events", "audit/read-only"),
+    ("INSERT INTO events (event_id) VALUES ('x')", "audit/"),
+    ("UPDATE events SET subject = 'x'", "audit/"),
+    ("DROP TABLE audit_events", "audit/"),
+    ("CREATE TABLE t AS SELECT * FROM events", "audit/"),
+    ("SELECT * FROM audit_events", "audit/"),
+    ("SELECT * FROM main.audit_events", "audit/"),
+    ("SELECT * FROM audit_checkpoints", "audit/"),
+    ("SELECT * FROM information_schema.tables", "audit/"),
+    ("SELECT * FROM duckdb_tables()", "audit/"),
+    ("SELECT * FROM read_csv('/etc/passwd')", "audit/"),
+    ("SELECT * FROM '/etc/passwd'", "audit/"),
+    ("SELECT * FROM read_parquet('x.parquet')", "audit/"),
+    ("ATTACH '/tmp/other.duckdb' AS other", "audit/"),
+    ("COPY (SELECT * FROM events) TO '/tmp/out.csv'", "audit/"),
+    ("PRAGMA database_list", "audit/"),
+    ("SET threads = 1", "audit/"),
+    ("INSTALL httpfs", "audit/"),
+    ("LOAD httpfs", "audit/"),
+    ("SELECT getenv('HOME')", "audit/"),
+    ("SELECT current_setting('threads')", "audit/"),
+    ("SELECT query('SELECT 1')", "audit/"),
+    ("SELECT * FROM events; DELETE FROM events", "audit/read-only"),
+    ("SELECT * FROM other.events", "audit/"),
+]
+
+
+@pytest.mark.parametrize(("sql", "rule"), ESCAPES)
+def test_writes_and_escapes_are_denied_and_recorded(seeded: SeededLog, sql: str, rule: str) -> None:
+    with auditor(seeded) as c:
+        before = rows(c, "SELECT count(*) AS n FROM events WHERE type <> 'audit.read'")[0]["n"]
+        with pytest.raises(Denied) as denied:
+            c.run("audit", sql)
+        assert denied.value.rule_ids and all(r.startswith("audit/") for r in denied.value.rule_ids)
+        assert any(r.startswith(rule) for r in denied.value.rule_ids)
+        after = rows(c, "SELECT count(*) AS n FROM events WHERE type <> 'audit.read'")[0]["n"]
+        recorded = rows(c, "SELECT action FROM events WHERE type = 'audit.read' AND sql = $1".replace("$1", "'" + sql.replace("'", "''") + "'"))
+    assert after == before  # nothing but audit.read records was written
+    assert recorded and all(r["action"] == "deny" for r in recorded)
+
+
+def test_whoami_lists_the_audit_connection_for_auditors_only(seeded: SeededLog) -> None:
+    with auditor(seeded) as c:
+        me = c.whoami()
+    with seeded.client("ana", ["analysts"]) as c:
+        ana = c.whoami()
+    assert me["auditor"] is True and "audit" in me["connections"]
+    assert ana["auditor"] is False and "audit" not in ana["connections"]
+
+
+def test_every_view_column_is_documented() -> None:
+    doc = (ROOT / "docs" / "audit.md").read_text()
+    section = doc[doc.index("## 9. Querying the live log"):]
+    for view, columns in VIEW_COLUMNS.items():
+        m = re.search(rf"^### `{view}`\n(.*?)(?=^### |^## |\Z)", section, re.M | re.S)
+        assert m, f"docs/audit.md has no section for the view {view}"
+        documented = set(re.findall(r"^\| `([a-z0-9_]+)` \|", m.group(1), re.M))
+        assert documented == set(columns), (view, set(columns) ^ documented)
