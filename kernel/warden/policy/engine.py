@@ -361,6 +361,11 @@ def _statement(
             if predicate is None:
                 continue
             rule = f"role:{role.name}/row_filters/{full}"
+            if st.kind == "merge" and rel in st.writes:
+                # A MERGE target cannot be narrowed by a subquery: its rows outside the
+                # filter would be matched and changed.
+                reasons.append(Reason(rule, f"{label}: MERGE into {full}, which has a row filter for you, cannot be restricted to your rows; use UPDATE or DELETE with a WHERE", "deny", i))
+                continue
             if rel in function_relations and rel not in st.reads:
                 via = ", ".join(sorted(k for k, cols in function_reads.items() if any(c.relation == rel for c in cols)))
                 reasons.append(
