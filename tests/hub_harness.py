@@ -198,3 +198,59 @@ def _is_proxy(pid: int) -> bool:
         return b"configurable-http-proxy" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
+
+
+class KernelSession:
+    """A kernel in a user's single-user server, driven like JupyterLab drives it: REST to
+    start it, the ``/channels`` websocket (through the Hub's proxy) to execute cells."""
+
+    def __init__(self, hub: HubProcess, user: str, token: str, kernel_name: str | None = None) -> None:
+        import websocket  # websocket-client (a jupyter_server dependency)
+
+        self.base = f"{hub.url}/user/{user}/api"
+        self.headers = {"Authorization": f"token {token}"}
+        body = {"name": kernel_name} if kernel_name else {}
+        r = httpx.post(f"{self.base}/kernels", json=body, headers=self.headers, timeout=60)
+        if r.status_code != 201:
+            raise RuntimeError(f"start kernel for {user}: HTTP {r.status_code} {r.text}")
+        self.model: dict[str, Any] = r.json()
+        ws_url = f"ws://127.0.0.1:{hub.port}/user/{user}/api/kernels/{self.model['id']}/channels"
+        self.ws = websocket.create_connection(ws_url, header=[f"Authorization: token {token}"], timeout=60)
+        self.session = secrets.token_hex(8)
+
+    def execute(self, code: str, timeout: float = 60.0) -> dict[str, Any]:
+        """Run one cell: its stdout, error and rich results (text/plain)."""
+        import json
+        import uuid
+
+        msg_id = uuid.uuid4().hex
+        self.ws.send(json.dumps({
+            "header": {"msg_id": msg_id, "username": "test", "session": self.session, "msg_type": "execute_request",
+                       "version": "5.3", "date": ""},
+            "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
+            "content": {"code": code, "silent": False, "store_history": True, "user_expressions": {},
+                        "allow_stdin": False, "stop_on_error": True},
+        }))  # fmt: skip
+        out: dict[str, Any] = {"stdout": "", "error": None, "results": []}
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.ws.settimeout(max(0.1, deadline - time.monotonic()))
+            msg = json.loads(self.ws.recv())
+            if msg.get("parent_header", {}).get("msg_id") != msg_id or msg.get("channel") != "iopub":
+                continue
+            kind, content = msg["msg_type"], msg["content"]
+            if kind == "stream":
+                out["stdout"] += content.get("text", "")
+            elif kind == "error":
+                out["error"] = f"{content.get('ename')}: {content.get('evalue')}"
+            elif kind in ("execute_result", "display_data"):
+                out["results"].append(content.get("data", {}).get("text/plain", ""))
+            elif kind == "status" and content.get("execution_state") == "idle":
+                return out
+        raise TimeoutError(f"the cell did not finish in {timeout}s")
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.ws.close()
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.delete(f"{self.base}/kernels/{self.model['id']}", headers=self.headers, timeout=30)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import yaml
 from traitlets.config import Config
 
 from gateway_harness import POLICY, GatewayProcess, seed_duckdb
-from hub_harness import HubProcess, wait_for
+from hub_harness import HubProcess, KernelSession, wait_for
 from oidc_issuer import OIDCIssuer
 from pgserver import free_port
 from warden.gateway.auth import AuthError, fetch_client_credentials_token
@@ -78,10 +79,15 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         }  # fmt: skip
         env = {k: v for k, v in os.environ.items() if not k.startswith(("WARDEN_", "JUPYTERHUB_"))}
         env["JUPYTERHUB_API_TOKEN"] = hub.service_token  # the gateway is the Hub service 'warden'
-        gateway = GatewayProcess(root / "gw", env, config).start()
-        # Then the Hub, configured by what an admin would paste: `warden hub-config`.
-        hub.fragment = hub_config_fragment(root / "hub", gateway.url, hub.service_token_file)
-        hub.start()
+        gateway = GatewayProcess(root / "gw", env, config)
+        # Both start at once (each takes seconds): the gateway picks its port first thing,
+        # and the Hub is configured by what an admin would paste, `warden hub-config`.
+        with ThreadPoolExecutor(1) as pool:
+            starting = pool.submit(gateway.start)
+            wait_for(lambda: gateway.port or starting.done(), timeout=10, what="the gateway's port", interval=0.01)
+            hub.fragment = hub_config_fragment(root / "hub", gateway.url, hub.service_token_file)
+            hub.start()
+            starting.result(timeout=60)
         tokens = {user: hub.new_token(user, [ACCESS])[0] for users in GROUPS.values() for user in users}
         yield Deployment(hub, gateway, issuer, tokens)
     finally:
@@ -236,25 +242,61 @@ def test_hub_config_refuses_bad_names() -> None:
     assert "api_token" not in text  # a managed service gets its token from the Hub
 
 
-def test_single_user_server_offers_only_warden_and_holds_no_credentials(deployment: Deployment) -> None:
+def _server_env(hub: HubProcess, user: str) -> dict[str, str]:
+    state = hub.api("GET", f"/users/{user}").json()["servers"][""]["state"]
+    environ = Path(f"/proc/{state['pid']}/environ").read_bytes().decode(errors="replace").split("\0")
+    return dict(item.partition("=")[::2] for item in environ if item)
+
+
+def test_sql_cells_in_the_warden_kernel_of_each_users_server(deployment: Deployment) -> None:
+    """The whole path: Hub -> single-user server -> warden kernel -> gateway, per user."""
     hub = deployment.hub
-    hub.start_server("alice")
+    sessions: dict[str, KernelSession] = {}
     try:
-        token, _ = hub.new_token("alice", ["access:servers!user"])
-        specs = httpx.get(f"{hub.url}/user/alice/api/kernelspecs", headers={"Authorization": f"token {token}"}, timeout=30)
-        assert specs.status_code == 200, specs.text
-        body = specs.json()
-        assert set(body["kernelspecs"]) == {"warden"} and body["default"] == "warden"
-        # The server's own token (what its kernels present) carries the warden scope.
+        with ThreadPoolExecutor(2) as pool:  # both servers spawn at once
+            list(pool.map(hub.start_server, ("alice", "bob")))
+        for user in ("alice", "bob"):
+            token, _ = hub.new_token(user, ["access:servers!user"])
+            specs = httpx.get(f"{hub.url}/user/{user}/api/kernelspecs", headers={"Authorization": f"token {token}"}, timeout=30)
+            assert specs.status_code == 200, specs.text
+            # Only the warden kernel is offered (no plain python3), and it is the default.
+            assert (set(specs.json()["kernelspecs"]), specs.json()["default"]) == ({"warden"}, "warden")
+            sessions[user] = KernelSession(hub, user, token)  # the default kernel
+            assert sessions[user].model["name"] == "warden"
+        emails: dict[str, list[str]] = {}
+        for user, kernel in sessions.items():
+            ran = kernel.execute(f"%%sql dk df <<\n{EMAIL_SQL}")
+            assert ran["error"] is None, ran
+            shown = kernel.execute("import json; print(json.dumps(df['email'].tolist()))")
+            assert shown["error"] is None, shown
+            emails[user] = json.loads(shown["stdout"].strip().splitlines()[-1])
+        assert "ada@analytical.example" not in emails["alice"] + emails["bob"]
+        assert emails["alice"] != emails["bob"]  # analysts and engineers have different masks
+        with deployment.client("carol") as auditor:
+            kernel_events = wait_for(lambda: {e["subject"]: e for e in auditor.audit(type="query.executed", limit="500")
+                                              if (e.get("sql") or "").strip() == EMAIL_SQL and e.get("kernel_id")},
+                                     timeout=10, what="the kernels' query records")  # fmt: skip
+        assert set(kernel_events) >= {"alice", "bob"}
+        assert list(kernel_events["alice"]["groups"]) == ["analysts"] and list(kernel_events["bob"]["groups"]) == ["eng"]
+        assert {sessions["alice"].model["id"], sessions["bob"].model["id"]} == {kernel_events[u]["kernel_id"] for u in ("alice", "bob")}
+
+        # The servers' environments: the gateway's URL and the server's own Hub token;
+        # no database credential, no gateway secret.
+        alice_env = _server_env(hub, "alice")
+        assert alice_env["WARDEN_GATEWAY_URL"] == deployment.gateway.url
+        assert [k for k in alice_env if "DSN" in k or k in ("WARDEN_TOKEN", "WARDEN_CLIENT_SECRET", "PGPASSWORD")] == []
+        assert hub.service_token not in json.dumps(alice_env)
+        # Its token carries the warden scope (Spawner.server_token_scopes) ...
         server_tokens = [t for t in hub.api("GET", "/users/alice/tokens").json()["api_tokens"] if "Server at" in (t.get("note") or "")]
         assert server_tokens and ACCESS in server_tokens[0]["scopes"]
-        state = hub.api("GET", "/users/alice", params={"include_stopped_servers": "0"}).json()["servers"][""]["state"]
-        environ = Path(f"/proc/{state['pid']}/environ").read_bytes().decode(errors="replace").split("\0")
-        env = dict(item.partition("=")[::2] for item in environ if item)
-        assert env["WARDEN_GATEWAY_URL"] == deployment.gateway.url
-        assert "JUPYTERHUB_API_TOKEN" in env
-        secrets_seen = [k for k in env if "DSN" in k or k in ("WARDEN_TOKEN", "WARDEN_CLIENT_SECRET", "PGPASSWORD")]
-        assert secrets_seen == []
-        assert hub.service_token not in "\0".join(environ)
+        # ... and is Alice's only: the gateway sees Alice, and Bob's server refuses it.
+        alice_server_token = alice_env["JUPYTERHUB_API_TOKEN"]
+        with deployment.client(alice_server_token) as c:
+            assert c.whoami()["subject"] == "alice"
+        r = httpx.get(f"{hub.url}/user/bob/api/kernels", headers={"Authorization": f"token {alice_server_token}"}, timeout=30)
+        assert r.status_code == 403
     finally:
-        hub.api("DELETE", "/users/alice/server")
+        for kernel in sessions.values():
+            kernel.close()
+        for user in ("alice", "bob"):
+            hub.api("DELETE", f"/users/{user}/server")

@@ -42,6 +42,14 @@ class StaticToken(TokenSource):
         return self._token
 
 
+class HubToken(StaticToken):
+    """The single-user server's ``JUPYTERHUB_API_TOKEN``: the Hub says whose it is, and
+    ``warden hub-config`` gives it the scope access:services!service=warden. Not taken
+    out of the environment: the server that started the kernel holds it anyway."""
+
+    describe = "JUPYTERHUB_API_TOKEN (this JupyterHub server's token)"
+
+
 class FileToken(TokenSource):
     def __init__(self, path: str | Path, describe: str = "WARDEN_TOKEN_FILE") -> None:
         self.path = Path(path)
@@ -125,6 +133,9 @@ def token_source_from_env(env: MutableMapping[str, str], *, scrub: bool = True) 
             raise IdentityError("a service account needs WARDEN_CLIENT_ID, WARDEN_CLIENT_SECRET and WARDEN_OIDC_ISSUER")
         audience = env.get("WARDEN_OIDC_AUDIENCE", "warden").strip() or None
         return ClientCredentialsToken(issuer, client_id, secret, audience)
+    hub_token = env.get("JUPYTERHUB_API_TOKEN", "").strip()
+    if hub_token:  # in a JupyterHub single-user server: its own Hub token (auth.mode jupyterhub)
+        return HubToken(hub_token)
     return TokenSource()
 
 
