@@ -60,7 +60,9 @@ def test_quickstart_runs_under_nbclient(local_mode: Path) -> None:
     text = json.dumps(outputs)
     assert "mode=local" in text or "local" in text
     assert "warden-masked" in text  # masked columns marked
-    assert "held for approval" in text.lower() and "data-owners" in text and "re-run this cell" in text
-    assert "Denied by the warden gateway" in text and "deny_tables" in text
+    assert "held for approval" in text.lower() and "re-run this cell" in text and "%warden approve apr_" in text
+    assert "self-approval (local mode): checking one customer" in text  # approved by its requester, as local mode allows
+    assert "Your SQL has an error" in text and "did you mean `name`?" in text and "^^^" in text
+    assert "The policy does not allow this" in text and "deny_tables" in text
     assert "sk-demo-0000000000000000" not in text  # the secret never shows
     assert (local_mode / "gateway.sock").exists()

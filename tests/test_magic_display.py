@@ -55,7 +55,7 @@ def test_html_escapes_every_value_and_name() -> None:
     assert markup is not None
     parser = _Tags()
     parser.feed(markup)
-    assert set(parser.tags) <= {"div", "table", "thead", "tbody", "tr", "th", "td", "b"}
+    assert set(parser.tags) <= {"div", "table", "thead", "tbody", "tr", "th", "td", "b", "span"}  # span: the mask badge
     assert "script" not in parser.tags and "img" not in parser.tags and "svg" not in parser.tags
     assert not any(name.startswith("on") for name, _ in parser.attrs)
     assert "&lt;script&gt;" in markup and "&lt;img src=x onerror=&quot;alert(2)&quot;&gt;" in markup
@@ -84,7 +84,8 @@ def test_row_count_display_limit_and_truncation() -> None:
     assert "50 rows" in markup and "showing first 10" in markup and "truncated by the gateway" in markup
     assert markup.count("<tr>") == 11
     text = show.render_table_text(columns, rows, total_rows=50, info=info)
-    assert "50 rows · showing first 10" in text and "truncated" in text
+    # The plain text has no footer: it would read like a row of data (issue 12, item 8).
+    assert "50 rows" not in text and "truncated" not in text and text.splitlines()[-1] == "9"
 
 
 def test_plain_text_neutralises_control_sequences_and_stars_masked_columns() -> None:
@@ -100,7 +101,7 @@ def test_plain_text_neutralises_control_sequences_and_stars_masked_columns() -> 
     p = P()
     formatters.frame_text(df, p, False)
     assert "\x1b" not in p.out and "\\x1b[2J" in p.out
-    assert "email*" in p.out and "masked by the gateway: email (email · role:analyst/masks)" in p.out
+    assert "email*" in p.out and "masked by the gateway" not in p.out
 
 
 def test_frames_without_warden_info_keep_their_own_display() -> None:

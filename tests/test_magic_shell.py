@@ -197,7 +197,9 @@ def test_no_raise_shows_the_denial_and_returns_none(shell: Any) -> None:
     sh, _, _ = shell
     with capture_output() as out:
         assert run(sh, "demo --no-raise", "SELECT * FROM secret.api_keys") is None
-    assert "Denied by the warden gateway" in text(out) and "role:analyst/deny_tables[0]" in text(out)
+    shown = text(out)
+    assert "The policy does not allow this — nothing ran" in shown and "role:analyst/deny_tables[0]" in shown
+    assert shown.lower().count("nothing ran") == 1  # said once, not in the title and again in the line
 
 
 def test_held_then_approved_continues_by_itself(shell: Any, fake: FakeGateway) -> None:
@@ -214,9 +216,11 @@ def test_held_without_waiting_says_how_to_rerun_and_remembers(shell: Any, fake: 
     sh, magic, _ = shell
     magic.wait_for_approval = 0
     sql = "SELECT name FROM customers WHERE ssn = '1'"
-    with pytest.raises(Held) as info, capture_output():
+    with pytest.raises(Held) as info, capture_output() as out:
         run(sh, "demo", sql)
-    assert "apr_1" in str(info.value) and "re-run this cell" in str(info.value) and "data-owners" in str(info.value)
+    # The box says it all (once); the error under it is one short line pointing there.
+    assert "apr_1" in str(info.value) and "above" in str(info.value) and getattr(info.value, "shown", False)
+    assert "re-run this cell" in text(out) and "data-owners" in text(out) and text(out).count("Held for approval") == 1
     fake.approval_status = "approved"
     df = run(sh, "demo", sql)  # the re-run finds the approved request and uses it
     assert df is not None and fake.cells[-1]["approval_id"] == "apr_1"
@@ -335,7 +339,8 @@ def test_displaylimit_setting(shell: Any) -> None:
     sh.run_line_magic("config", "SqlMagic.displaylimit = 1")
     df = run(sh, "demo", "SELECT id, email FROM customers")
     data, _ = sh.display_formatter.format(df)
-    assert "showing first 1" in data["text/html"] and "2 rows" in data["text/plain"]
+    assert "showing first 1" in data["text/html"] and "2 rows" in data["text/html"]
+    assert "2 rows" not in data["text/plain"] and len(data["text/plain"].splitlines()) == 3  # header, rule, one row
     assert "&lt;script&gt;" not in data["text/html"]  # the second row is not shown at all
     sh.run_line_magic("config", "SqlMagic.displaylimit = 0")
     data, _ = sh.display_formatter.format(df)

@@ -230,14 +230,17 @@ class ApprovalStore:
                 break
         return out
 
-    def decide(self, approval_id: str, *, approver: str, approve: bool, reason: str, approver_person: str = "") -> Approval:
+    def decide(
+        self, approval_id: str, *, approver: str, approve: bool, reason: str, approver_person: str = "", allow_self: bool = False
+    ) -> Approval:
         """``approver_person``: the person behind the approver (a service account's
-        owner); approver and requester must be different people, not only subjects."""
+        owner); approver and requester must be different people, not only subjects.
+        ``allow_self``: local mode's explicit self-approval (the service decides when)."""
         current = self.get(approval_id)
         if current is None:
             raise ApprovalError(f"no approval request {approval_id}", code="not-found")
         theirs = {current.requester, current.requester_person or current.requester}
-        if approver in theirs or (approver_person and approver_person in theirs):
+        if not allow_self and (approver in theirs or (approver_person and approver_person in theirs)):
             raise ApprovalError("a requester can never approve or deny their own request, under any identity of theirs", code="self-approval")
         status = current.effective_status()
         if status != "pending":

@@ -225,18 +225,34 @@ class DuckDBExecutor(Executor):
             return None
         finally:
             con.close()
-        if not plan:
+        if not plan or not isinstance(plan, list):
             return None
-        info = plan[0].get("extra_info", {}) if isinstance(plan, list) else {}
-        value = info.get("Estimated Cardinality") if isinstance(info, dict) else None
-        try:
-            return int(str(value).lstrip("~"))
-        except (TypeError, ValueError):
-            return None
+        return _duckdb_cardinality(plan[0])
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._db.close()
+
+
+def _duckdb_cardinality(node: Any) -> int | None:
+    """DuckDB's own estimate for a plan: an ``EMPTY_RESULT`` plan (``WHERE id < 0``,
+    ``LIMIT 0``: the optimizer proved it empty) is 0 rows; a node without an estimate
+    (a projection on top) takes its only child's, an upper bound; else unknown."""
+    while isinstance(node, dict):
+        if node.get("name") == "EMPTY_RESULT":
+            return 0
+        info = node.get("extra_info")
+        value = info.get("Estimated Cardinality") if isinstance(info, dict) else None
+        if value is not None:
+            try:
+                return int(str(value).lstrip("~"))
+            except ValueError:
+                return None
+        children = node.get("children") or []
+        if len(children) != 1:
+            return None
+        node = children[0]
+    return None
 
 
 class PostgresExecutor(Executor):

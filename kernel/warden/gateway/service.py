@@ -460,14 +460,24 @@ class Gateway:
         return self._holds(self.policy.admins, identity)
 
     def decide_approval(self, identity: Identity, approval_id: str, *, approve: bool, reason: str, client_ip: str = "") -> Approval:
-        if not self.can_approve(identity):
+        # Local mode is advisory (the user owns the gateway and its files), so a user may
+        # approve their own request there, explicitly and recorded as a self-approval;
+        # a shared gateway never allows it.
+        own = self.approvals.get(approval_id) if self.config.mode == "local" and approve else None
+        self_approval = own is not None and own.requester == identity.subject
+        if not self_approval and not self.can_approve(identity):
             kinds = ", ".join(sorted(self.policy.approvers.kinds))
-            raise ApprovalError(f"you are not an approver under the policy (approvers: groups, users or roles; kinds: {kinds})", code="not-approver")
-        decided = self.approvals.decide(approval_id, approver=identity.subject, approver_person=person_of(identity), approve=approve, reason=reason)
+            hint = " (in local mode you may approve your own requests)" if self.config.mode == "local" else ""
+            raise ApprovalError(f"you are not an approver under the policy (approvers: groups, users or roles; kinds: {kinds}){hint}", code="not-approver")
+        if self_approval:
+            reason = f"self-approval (local mode): {reason}" if reason.strip() else reason
+        decided = self.approvals.decide(approval_id, approver=identity.subject, approver_person=person_of(identity), approve=approve,
+                                        reason=reason, allow_self=self_approval)  # fmt: skip
         ev = self.base_event(identity, {}, client_ip)
         ev.update(type="approval.granted" if approve else "approval.rejected", approval_id=decided.id, approver=identity.subject,
                   connection=decided.connection, fingerprint=decided.fingerprint, statement_hash=decided.statement_hash,
-                  sql=decided.sql, reasons=[reason], status=decided.status)  # fmt: skip
+                  sql=decided.sql, reasons=[reason], status=decided.status,
+                  rule_ids=["approval/self-approval-local"] if self_approval else [])  # fmt: skip
         self.audit([ev])
         self.notify(ev["type"], decided)
         return decided

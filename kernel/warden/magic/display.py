@@ -6,9 +6,11 @@ ever renders: a ``<script>`` or ``<img onerror>`` in a row is shown as text. The
 plain-text form neutralises terminal control sequences (Jupyter renders ANSI colours in
 text output), so data cannot repaint the reader's screen either.
 
-Masked columns are marked in the header (a lock and a tooltip naming operator,
-classification and rule) and listed under the table; the footer says how many rows
-there are, how many are shown, and whether the gateway truncated the result.
+Masked columns are marked in the header (a "masked" badge, plain text so that it renders
+without an emoji font, and a tooltip naming operator, classification and rule) and listed
+under the table; the footer says how many rows there are, how many are shown, and whether
+the gateway truncated the result. The plain-text form stars masked column names and has
+no footer (a footer in the text would read like a row of data).
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ from typing import Any
 
 MAX_CELL_CHARS = 200
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-LOCK = "\N{LOCK}"
+#: the mark on a masked column: text, not a glyph (a lock emoji is a box without an emoji
+#: font); the labextension may add an icon through the ``warden-mask-badge`` class.
+MASK_BADGE = "masked"
+_BADGE_STYLE = "font-size:10px;font-weight:normal;color:#7b341e;background:#feebc8;border:1px solid #dd6b20;border-radius:3px;padding:0 3px;margin-left:4px"
 
 _TABLE_STYLE = "border-collapse:collapse;font-size:12px"
 _TH_STYLE = "text-align:left;padding:2px 8px;border-bottom:1px solid #999"
@@ -40,8 +45,14 @@ def plain(value: object) -> str:
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group(0)):02x}", str(value))
 
 
-def cell_text(value: Any) -> str:
-    """One value as display text (not yet escaped), shortened to MAX_CELL_CHARS."""
+def cell_text(value: Any, operator: str = "") -> str:
+    """One value as display text (not yet escaped), shortened to MAX_CELL_CHARS.
+
+    ``operator`` is the column's mask: a ``year`` mask keeps the column's date type (1
+    January of the year), which would read like a real birthday, so only the year shows.
+    """
+    if operator == "year" and isinstance(getattr(value, "year", None), int) and not isinstance(value, str):
+        return str(value.year)
     if value is None:
         text = "NULL"
     elif isinstance(value, float):
@@ -76,6 +87,8 @@ def mask_by_column(info: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def mask_title(name: str, mask: Mapping[str, Any]) -> str:
+    if mask.get("detectors"):
+        return f"masked by the warden gateway: {mask.get('reason') or 'content detector ' + str(mask.get('detector'))}"
     parts = [f"masked by the warden gateway: {mask.get('operator', '?')}"]
     if mask.get("classifications"):
         parts.append("classification " + ", ".join(map(str, mask["classifications"])))
@@ -84,6 +97,15 @@ def mask_title(name: str, mask: Mapping[str, Any]) -> str:
     if mask.get("detector"):
         parts.append(f"detector {mask['detector']}")
     return "; ".join(parts)
+
+
+def mask_note(mask: Mapping[str, Any]) -> str:
+    """How one masked column is listed under the table: operator (or detector) and rule."""
+    if mask.get("detectors"):
+        rows = int(mask.get("rows", 0) or 0)
+        return f"content detector {mask.get('detector')}, {rows} row{'s' if rows != 1 else ''}"
+    rules = mask.get("rules") or []
+    return str(mask.get("operator", "?")) + (" · " + ", ".join(map(str, rules)) if rules else "")
 
 
 def footer_parts(info: Mapping[str, Any], total_rows: int, shown: int) -> list[str]:
@@ -114,24 +136,25 @@ def render_table_html(
         if mask is not None:
             head.append(
                 f'<th class="warden-masked" style="{_TH_STYLE};{_MASKED_STYLE}" title="{esc(mask_title(str(name), mask))}">'
-                f"{esc(name)} {LOCK}</th>"
+                f'{esc(name)}<span class="warden-mask-badge" style="{_BADGE_STYLE}">{MASK_BADGE}</span></th>'
             )
         else:
             head.append(f'<th style="{_TH_STYLE}">{esc(name)}</th>')
     body = []
     shown = 0
     masked_pos = {i for i, name in enumerate(columns) if str(name) in masked}
+    ops = _operators(columns, masked)
     for row in rows:
         shown += 1
         cells = []
         for i, value in enumerate(row):
             style = f"{_TD_STYLE};{_MASKED_STYLE}" if i in masked_pos else _TD_STYLE
-            cells.append(f'<td style="{style}">{esc(cell_text(value))}</td>')
+            cells.append(f'<td style="{style}">{esc(cell_text(value, ops[i]))}</td>')
         body.append("<tr>" + "".join(cells) + "</tr>")
     notes = [f'<div class="warden-footer" style="{_NOTE_STYLE}">{esc(" · ".join(footer_parts(info, total_rows, shown)))}</div>']
     if masked:
-        items = ", ".join(f"{esc(name)} ({esc(m.get('operator', '?'))}{_rule_suffix(m)})" for name, m in masked.items())
-        notes.append(f'<div class="warden-masks" style="{_NOTE_STYLE}">{LOCK} masked by the gateway: {items}</div>')
+        items = ", ".join(f"{esc(name)} ({esc(mask_note(m))})" for name, m in masked.items())
+        notes.append(f'<div class="warden-masks" style="{_NOTE_STYLE}">masked by the gateway: {items}</div>')
     return (
         '<div class="warden-result">'
         f'<table class="warden-table" style="{_TABLE_STYLE}"><thead><tr>{"".join(head)}</tr></thead>'
@@ -139,16 +162,17 @@ def render_table_html(
     )
 
 
-def _rule_suffix(mask: Mapping[str, Any]) -> str:
-    rules = mask.get("rules") or []
-    return (" · " + esc(", ".join(map(str, rules)))) if rules else ""
+def _operators(columns: Sequence[str], masked: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    return [str((masked.get(str(name)) or {}).get("operator") or "") for name in columns]
 
 
 def render_table_text(columns: Sequence[str], rows: Sequence[Sequence[Any]], *, total_rows: int, info: Mapping[str, Any]) -> str:
-    """The plain-text form: aligned columns, masked ones starred, then the footer."""
+    """The plain-text form: aligned columns, masked ones starred; no footer (in text it
+    would read like data: the HTML form and ``df.attrs["warden"]`` carry it)."""
     masked = mask_by_column(info)
     names = [plain(n) + ("*" if str(n) in masked else "") for n in columns]
-    cells = [[plain(cell_text(v)).replace("\n", "\\n") for v in row] for row in rows]
+    ops = _operators(columns, masked)
+    cells = [[plain(cell_text(v, ops[i])).replace("\n", "\\n") for i, v in enumerate(row)] for row in rows]
     widths = [len(n) for n in names]
     for row in cells:
         for i, text in enumerate(row):
@@ -159,12 +183,6 @@ def render_table_text(columns: Sequence[str], rows: Sequence[Sequence[Any]], *, 
 
     lines = [fmt(names), "  ".join("-" * w for w in widths)]
     lines.extend(fmt(r) for r in cells)
-    lines.append(" · ".join(plain(p) for p in footer_parts(info, total_rows, len(cells))))
-    if masked:
-        lines.append("* masked by the gateway: " + ", ".join(
-            f"{plain(n)} ({plain(m.get('operator', '?'))}{' · ' + plain(', '.join(map(str, m.get('rules') or []))) if m.get('rules') else ''})"
-            for n, m in masked.items()
-        ))  # fmt: skip
     return "\n".join(lines)
 
 
@@ -209,30 +227,69 @@ def _py(value: Any) -> Any:
 # -- messages ---------------------------------------------------------------------------
 
 
-def message_bundle(title: str, lines: Sequence[str], *, kind: str = "info") -> dict[str, str]:
-    """A short boxed message (HTML and text); every line is escaped."""
-    colour = {"info": "#2b6cb0", "held": "#b7791f", "denied": "#c53030", "ok": "#2f855a"}.get(kind, "#2b6cb0")
+def message_bundle(title: str, lines: Sequence[str], *, kind: str = "info", code: str = "") -> dict[str, str]:
+    """A short boxed message (HTML and text); every line is escaped. ``code`` is shown
+    monospaced under the lines (an SQL excerpt with a caret)."""
+    colour = {"info": "#2b6cb0", "held": "#b7791f", "denied": "#c53030", "ok": "#2f855a", "error": "#6b46c1"}.get(kind, "#2b6cb0")
     body = "".join(f"<div>{esc(line)}</div>" for line in lines)
+    if code:
+        body += f'<pre class="warden-sql-excerpt" style="margin:4px 0;font-size:12px">{esc(code)}</pre>'
     markup = (
         f'<div class="warden-message warden-{esc(kind)}" style="border-left:4px solid {colour};padding:4px 10px;margin:4px 0">'
         f"<div><b>{esc(title)}</b></div>{body}</div>"
     )
-    text = "\n".join([plain(title), *("  " + plain(line) for line in lines)])
+    text = "\n".join([plain(title), *("  " + plain(line) for line in lines), *(["", code] if code else [])])
     return {"text/html": markup, "text/plain": text}
 
 
-def held_lines(body: Mapping[str, Any], *, waited: float, wait: float, status: str) -> list[str]:
+def relative_time(when: str | dt.datetime, now: dt.datetime | None = None) -> str:
+    """``in 59 min (04:57 UTC)``: how far away an ISO time is, then the wall-clock time."""
+    try:
+        at = when if isinstance(when, dt.datetime) else dt.datetime.fromisoformat(str(when))
+    except ValueError:
+        return str(when)
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=dt.UTC)
+    now = now or dt.datetime.now(dt.UTC)
+    seconds = (at - now).total_seconds()
+    span = abs(seconds)
+    if span < 60:
+        amount = f"{span:.0f} s"
+    elif span < 3600:
+        amount = f"{span // 60:.0f} min"
+    elif span < 172800:
+        amount = f"{span / 3600:.0f} h" if span % 3600 < 60 or span >= 36000 else f"{span // 3600:.0f} h {span % 3600 // 60:.0f} min"
+    else:
+        amount = f"{span / 86400:.0f} days"
+    clock = at.astimezone(dt.UTC).strftime("%H:%M UTC" if span < 86400 else "%Y-%m-%d %H:%M UTC")
+    return f"{'in ' + amount if seconds >= 0 else amount + ' ago'} ({clock})"
+
+
+def held_lines(
+    body: Mapping[str, Any], *, waited: float, wait: float, status: str, local: bool = False, continue_hint: bool = True
+) -> list[str]:
+    """What a held cell shows: the request, why, who approves, when it expires, and one
+    way to go on (in local mode: approve it yourself; else: ask an approver, re-run)."""
     a = body.get("approval", {}) or {}
-    lines = [f"approval request {a.get('id', '?')} — status: {status}"]
+    aid = a.get("id", "?")
+    lines = [f"approval request {aid} — {status}"]
     for reason in a.get("reasons", []) or []:
         lines.append(f"why: {reason}")
+        if "no row estimate" in str(reason):
+            lines.append("  (the database gave no row estimate for this query, so the size rule holds it to be safe)")
     if a.get("rule_ids"):
         lines.append("rules: " + ", ".join(map(str, a["rule_ids"])))
-    lines.append("who can approve: " + approvers_text(body.get("approvers", {}) or {}))
+    if not local:
+        lines.append("who can approve: " + approvers_text(body.get("approvers", {}) or {}))
     if a.get("expires_at"):
-        lines.append(f"the request expires at {a['expires_at']}")
+        lines.append(f"expires {relative_time(str(a['expires_at']))}")
     if wait > 0:
         lines.append(f"waiting {waited:.0f} of {wait:.0f} s; the cell continues by itself once approved (interrupt to stop waiting)")
+    elif continue_hint:
+        if local:
+            lines.append(f'to continue (local mode, you may approve your own request): %warden approve {aid} --reason "why", then re-run this cell')
+        else:
+            lines.append(f"to continue: ask an approver to approve {aid} (`warden approvals approve {aid} --reason ...`), then re-run this cell")
     return lines
 
 
@@ -264,3 +321,33 @@ def summary_line(target: str | None, info: Mapping[str, Any], rows: int, columns
     if info.get("event_id"):
         parts.append(f"audit event {info['event_id']}")
     return " · ".join(parts)
+
+
+# -- SQL errors -----------------------------------------------------------------------------
+
+_AT = re.compile(r"\s*\(line (\d+), column (\d+)\)")
+
+
+def error_position(message: str) -> tuple[int, int] | None:
+    """The ``(line N, column M)`` a gateway message ends with, if any."""
+    found = _AT.search(message)
+    return (int(found.group(1)), int(found.group(2))) if found else None
+
+
+def strip_position(message: str) -> str:
+    return _AT.sub("", message)
+
+
+def caret_excerpt(sql: str, line: int, column: int) -> str:
+    """The line of ``sql`` (1-based ``line``) with a caret under the word that ends at
+    ``column`` (sqlglot points at the end of the token it stopped at)."""
+    lines = sql.splitlines() or [""]
+    if not 1 <= line <= len(lines):
+        return ""
+    text = plain(lines[line - 1])
+    end = max(1, min(column, len(text)))
+    start = end
+    while start > 1 and (text[start - 2].isalnum() or text[start - 2] == "_"):
+        start -= 1
+    label = f"line {line}: "
+    return f"{label}{text}\n{' ' * (len(label) + start - 1)}{'^' * (end - start + 1)}"

@@ -7,10 +7,13 @@ cell id, execution count, ``cell_run_id``). The gateway decides for the whole ce
 * allowed / masked — results stream back as Arrow; the last statement's result is
   displayed and returned (or assigned with ``VAR <<``), every statement's result is in
   ``_sql_results``;
-* held — the cell shows the approval request and, within ``SqlMagic.wait_for_approval``
-  seconds, continues by itself once an approver approves; otherwise it says how to
-  re-run (warden remembers the request for that exact cell);
-* denied — a :class:`~warden.gateway.client.Denied` error names the rule and reason.
+* held — the cell shows the approval request and returns at once with one way to go on
+  (local mode: ``%warden approve ID --reason ...``; else ask an approver), then re-run:
+  warden remembers the request for that exact cell. ``-w SECONDS`` (or
+  ``SqlMagic.wait_for_approval``) waits for the approver instead;
+* denied — a :class:`~warden.gateway.client.Denied` error names the rule and reason;
+  a cell whose SQL has an error (it does not parse, names an unknown table or column)
+  raises :class:`SqlError` instead, with a caret under the spot and the closest names.
 
 An interrupt (Ctrl-C, the stop button) during a query calls the gateway's cancel
 endpoint, which cancels the statement in the database.
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,23 +81,47 @@ class StatementOutcome:
         return f'<div class="warden-outcome">{show.esc(repr(self))}</div>'
 
 
+class SqlError(Denied):
+    """The cell's SQL has an error (it does not parse, or names a table or column that is
+    not there): the gateway decided and recorded it, and nothing ran, but it is a mistake
+    to fix, not a policy denial. A subclass of :class:`Denied`, so ``except Denied``
+    still catches it."""
+
+
+#: the gateway's rule ids that mean "your SQL has an error", not "the policy denies this"
+SQL_ERROR_RULES = frozenset({
+    "fail-closed/parse-error", "fail-closed/unknown-column", "fail-closed/unknown-table", "fail-closed/unknown-columns",
+})  # fmt: skip
+
+_CELL = "text-align:left;padding:2px 8px;vertical-align:top"
+
+
 @dataclass
 class Report:
-    """What ``%warden`` helpers return: the data, shown as a small table."""
+    """What ``%warden`` helpers return: the data, shown as a small left-aligned table
+    with a header row."""
 
     title: str
     data: Any
-    rows: list[tuple[str, str]]
+    rows: Sequence[tuple[str, ...]]
     note: str = ""
+    headers: tuple[str, ...] = ("", "")
 
     def _repr_html_(self) -> str:
-        body = "".join(f"<tr><th style='text-align:left;padding:1px 8px'>{show.esc(k)}</th><td style='padding:1px 8px'>{show.esc(v)}</td></tr>" for k, v in self.rows)
+        head = "".join(f"<th style='{_CELL};border-bottom:1px solid #999'>{show.esc(h)}</th>" for h in self.headers)
+        body = "".join("<tr>" + "".join(f"<td style='{_CELL}'>{show.esc(v)}</td>" for v in row) + "</tr>" for row in self.rows)
         note = f"<div style='font-size:11px;color:#555'>{show.esc(self.note)}</div>" if self.note else ""
-        return f"<div class='warden-report'><b>{show.esc(self.title)}</b><table>{body}</table>{note}</div>"
+        return (f"<div class='warden-report'><b>{show.esc(self.title)}</b><table class='warden-report-table' style='border-collapse:collapse'>"
+                f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{note}</div>")  # fmt: skip
 
     def __repr__(self) -> str:
-        width = max((len(k) for k, _ in self.rows), default=0)
-        lines = [self.title, *(f"  {show.plain(k).ljust(width)}  {show.plain(v)}" for k, v in self.rows)]
+        table = [tuple(show.plain(h) for h in self.headers), *(tuple(show.plain(v).replace("\n", " ") for v in r) for r in self.rows)]
+        widths = [max(len(r[i]) for r in table if i < len(r)) for i in range(len(self.headers))]
+        lines = [self.title]
+        for n, row in enumerate(table):
+            lines.append("  " + "  ".join(v.ljust(widths[i]) for i, v in enumerate(row)).rstrip())
+            if n == 0:
+                lines.append("  " + "  ".join("-" * w for w in widths))
         if self.note:
             lines.append(show.plain(self.note))
         return "\n".join(lines)
@@ -106,7 +133,9 @@ class SqlMagic(Magics):
 
     displaylimit = Int(10, help="rows shown in a result's display (0: all, up to 10000)").tag(config=True)
     autolimit = Int(0, help="rows fetched at most per statement (0: the gateway's limit)").tag(config=True)
-    wait_for_approval = Float(60.0, help="seconds a held cell waits for an approver before giving up (0: do not wait)").tag(config=True)
+    # 0: a held cell returns at once with the request and how to go on (a silent minute
+    # of a blocked kernel helps nobody); -w SECONDS waits for one cell.
+    wait_for_approval = Float(0.0, help="seconds a held cell waits for an approver (0: return at once with the request)").tag(config=True)
     approval_poll_interval = Float(1.0, help="seconds between approval status checks while waiting").tag(config=True)
     format = Enum(list(FORMATS), default_value="pandas", help="result type: pandas, arrow or polars").tag(config=True)
     short_errors = Bool(True, help="show warden errors as one clear message instead of a traceback").tag(config=True)
@@ -119,6 +148,7 @@ class SqlMagic(Magics):
         self._session = session
         self._connection: str | None = None
         self._remembered: dict[str, str] = {}  # cell key -> approval id
+        self.last_held = ""  # the latest approval request of this kernel (`%warden approve last`)
 
     @property
     def session(self) -> WardenSession:
@@ -222,6 +252,7 @@ class SqlMagic(Magics):
                 approval = held.approval
                 aid = str(approval.get("id", ""))
                 self._remembered[key] = aid
+                self.last_held = aid
                 session.record_query({"type": "query.held", "time": _now(), "connection": connection,
                                       "approval_id": aid, "event_id": held.body.get("event_id", ""),
                                       "rule_ids": approval.get("rule_ids", [])})  # fmt: skip
@@ -232,7 +263,7 @@ class SqlMagic(Magics):
             except Denied as denied:
                 session.record_query({"type": "query.denied", "time": _now(), "connection": connection,
                                       "event_id": denied.body.get("event_id", ""), "rule_ids": denied.rule_ids})  # fmt: skip
-                raise Denied(_denied_message(denied), code=denied.code, body=denied.body) from None
+                raise _denial(denied, bound.sql) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _check_remembered(self, client: KernelGatewayClient, key: str, wait: float) -> str | None:
@@ -251,12 +282,25 @@ class SqlMagic(Magics):
         self._remembered.pop(key, None)  # denied, expired, used: ask afresh
         return None
 
+    def _is_local(self) -> bool:
+        try:
+            return self.session.whoami().get("mode") == "local"
+        except (GatewayError, WardenError):
+            return False
+
     def _wait_for_approval(self, client: KernelGatewayClient, body: dict[str, Any], wait: float) -> str:
         """Show the hold; poll until approved (returns the id) or give up (raises)."""
         approval = dict(body.get("approval", {}) or {})
         aid = str(approval.get("id", ""))
+        local = self._is_local()
+        if wait <= 0:
+            # One box, one way to go on; the error under it is one short line.
+            self._show(show.message_bundle("Held for approval — nothing ran", show.held_lines(body, waited=0, wait=0, status="pending", local=local), kind="held"), update=True)
+            pending = Held(f"held for approval {aid} — nothing ran (the request and how to go on are above)", code="held", body=body)
+            pending.shown = True  # type: ignore[attr-defined]  # the hold is on screen already
+            raise pending
         started = time.monotonic()
-        handle = self._show(show.message_bundle("Held for approval — nothing ran yet", show.held_lines(body, waited=0, wait=wait, status="pending"), kind="held"), update=True)
+        handle = self._show(show.message_bundle("Held for approval — nothing ran yet", show.held_lines(body, waited=0, wait=wait, status="pending", local=local), kind="held"), update=True)
         status = str(approval.get("status", "pending"))
         try:
             while wait > 0 and time.monotonic() - started < wait:
@@ -269,7 +313,7 @@ class SqlMagic(Magics):
                 if status != "pending":
                     break
                 self._update(handle, show.message_bundle("Held for approval — nothing ran yet",
-                                                          show.held_lines({**body, "approval": approval}, waited=time.monotonic() - started, wait=wait, status=status), kind="held"))  # fmt: skip
+                                                          show.held_lines({**body, "approval": approval}, waited=time.monotonic() - started, wait=wait, status=status, local=local), kind="held"))  # fmt: skip
         except KeyboardInterrupt:
             self._update(handle, show.message_bundle("Stopped waiting for approval", [
                 f"approval request {aid} stays open; once it is approved, re-run this cell (warden remembers the request) or use --approval {aid}"], kind="held"))  # fmt: skip
@@ -287,10 +331,10 @@ class SqlMagic(Magics):
             )  # fmt: skip
         if status in ("expired", "used"):
             raise Held(f"approval {aid} is {status}; re-run the cell to ask again. Nothing ran.", code="held", body={**body, "approval": approval})
-        lines = show.held_lines({**body, "approval": approval}, waited=time.monotonic() - started, wait=0, status=status)
-        lines.append(f"Once it is approved, re-run this cell: warden remembers request {aid} (or add --approval {aid}).")
+        lines = show.held_lines({**body, "approval": approval}, waited=time.monotonic() - started, wait=0, status=status, local=local)
         self._update(handle, show.message_bundle("Still held for approval — nothing ran", lines, kind="held"))
-        pending = Held(_held_message(body, approval, wait), code="held", body={**body, "approval": approval})
+        pending = Held(f"held for approval {aid} after waiting {wait:.0f} s — nothing ran (the request and how to go on are above)",
+                       code="held", body={**body, "approval": approval})  # fmt: skip
         pending.shown = True  # type: ignore[attr-defined]  # the hold is on screen already
         raise pending
 
@@ -394,8 +438,8 @@ class SqlMagic(Magics):
     @line_magic
     @no_var_expand
     def warden(self, line: str) -> Any:
-        """%warden whoami | approvals [--status S] | audit [--limit N] | help"""
-        words = line.split()
+        """%warden whoami | approvals [--status S] | approve ID --reason TEXT | deny ID --reason TEXT | audit [--limit N] | help"""
+        words = _split(line)
         cmd = words[0] if words else "help"
         session = self.session
         try:
@@ -407,13 +451,33 @@ class SqlMagic(Magics):
             if cmd == "audit":
                 limit = int(_option(words, "--limit") or 20)
                 return self._audit(session, limit)
+            if cmd in ("approve", "deny"):
+                return self._decide(session, words, approve=cmd == "approve")
         except GatewayError as exc:
             raise type(exc)(_unavailable_message(str(exc)) if isinstance(exc, GatewayUnavailable) else str(exc), code=exc.code, body=exc.body) from None
         return Report("%warden helpers", None, [
             ("whoami", "who the gateway says you are, your roles, the mode and your connections"),
             ("approvals", "your approval requests (approvers: all); --status pending|approved|denied|expired|used"),
+            ("approve ID --reason TEXT", "approve a held request (an approver; in local mode also your own, recorded as a self-approval); ID `last`: this kernel's latest"),
+            ("deny ID --reason TEXT", "refuse a held request (an approver)"),
             ("audit", "recent audit events of this kernel session; --limit N"),
-        ])  # fmt: skip
+        ], headers=("command", "what it does"))  # fmt: skip
+
+    def _decide(self, session: WardenSession, words: list[str], *, approve: bool) -> Report:
+        verb = "approve" if approve else "deny"
+        ids = [w for w in words[1:] if not w.startswith("--") and w != _option(words, "--reason")]
+        reason = _option(words, "--reason") or ""
+        if len(ids) != 1 or not reason.strip():
+            raise MagicSyntaxError(f'usage: %warden {verb} ID --reason "why" (the reason is recorded in the audit log)')
+        aid = self.last_held if ids[0] == "last" else ids[0]
+        if not aid:
+            raise MagicSyntaxError("no cell of this kernel was held yet: name the request, %warden approve apr_… --reason …")
+        client = session.client()
+        decided = client.retrying(lambda: client.decide(aid, approve=approve, reason=reason))
+        rows = [(k, str(decided.get(k) or "")) for k in ("id", "status", "requester", "decided_by", "decision_reason", "sql")]
+        rows.append(("expires", show.relative_time(str(decided.get("expires_at", "")))))
+        note = "re-run the held cell: warden remembers the request" if approve else "the cell stays refused; nothing ran"
+        return Report(f"approval {decided.get('id')} {decided.get('status')}", decided, rows, note, headers=("field", "value"))
 
     def _whoami(self, session: WardenSession) -> Report:
         me = session.whoami(refresh=True)
@@ -432,13 +496,16 @@ class SqlMagic(Magics):
             ("kernel", session.kernel_id or "-"),
             ("notebook", session.notebook_path or "-"),
         ]
-        return Report("warden whoami", me, rows, str(me.get("note", "")))
+        return Report("warden whoami", me, rows, str(me.get("note", "")), headers=("field", "value"))
 
     def _approvals(self, session: WardenSession, status: str | None) -> Report:
         client = session.client()
         items = client.retrying(lambda: client.approvals(status))
-        rows = [(str(a.get("id")), f"{a.get('status')} · {a.get('requester')} · {a.get('connection')} · {', '.join(a.get('rule_ids', []))} · {a.get('sql', '')}") for a in items]
-        return Report(f"approval requests{' (' + status + ')' if status else ''}: {len(items)}", items, rows)
+        rows = [(str(a.get("id")), str(a.get("status")), str(a.get("requester")), str(a.get("connection")), ", ".join(a.get("rule_ids", [])),
+                 show.relative_time(str(a.get("expires_at"))) if a.get("expires_at") else "", " ".join(str(a.get("sql", "")).split()))
+                for a in items]  # fmt: skip
+        return Report(f"approval requests{' (' + status + ')' if status else ''}: {len(items)}", items, rows,
+                      headers=("id", "status", "requester", "connection", "rules", "expires", "sql"))  # fmt: skip
 
     def _audit(self, session: WardenSession, limit: int) -> Report:
         client = session.client()
@@ -457,15 +524,15 @@ class SqlMagic(Magics):
         rows = []
         for ev in events[-limit:]:
             when = str(ev.get("event_time") or ev.get("time") or "")[:19]
-            what = " · ".join(str(ev[k]) for k in ("connection", "status", "action", "query_id", "approval_id", "event_id", "cell_run_id") if ev.get(k))
-            rows.append((f"{when} {ev.get('type', '')}".strip(), what))
+            what = " · ".join(str(ev[k]) for k in ("query_id", "approval_id", "event_id", "cell_run_id") if ev.get(k))
+            rows.append((when.replace("T", " "), str(ev.get("type", "")), str(ev.get("connection") or ""), str(ev.get("action") or ""), str(ev.get("status") or ""), what))
         title = f"audit events of session {session.session_id} ({source}): {len(rows)}"
-        return Report(title, events, rows, note)
+        return Report(title, events, rows, note, headers=("time (UTC)", "event", "connection", "action", "status", "ids"))
 
     def _connections_report(self, session: WardenSession) -> Report:
         me = session.whoami()
         rows = [(str(c), "current" if c == self._connection else "") for c in me.get("connections", [])]
-        return Report("connections (from the gateway's policy)", me.get("connections", []), rows)
+        return Report("connections (from the gateway's policy)", me.get("connections", []), rows, headers=("connection", ""))
 
     # -- output helpers -------------------------------------------------------------------------
 
@@ -490,6 +557,16 @@ class SqlMagic(Magics):
         return 10_000 if limit <= 0 else min(limit, 10_000)
 
 
+def _split(line: str) -> list[str]:
+    """The words of a ``%warden`` line; quotes group (``--reason "ticket 42"``)."""
+    import shlex
+
+    try:
+        return shlex.split(line)
+    except ValueError as exc:
+        raise MagicSyntaxError(f"%warden: {exc}") from None
+
+
 def _option(words: list[str], name: str) -> str | None:
     for i, w in enumerate(words):
         if w == name and i + 1 < len(words):
@@ -512,24 +589,88 @@ def _now() -> str:
     return now_iso()
 
 
-def _denied_message(exc: Denied) -> str:
+def _reasons(body: dict[str, Any]) -> list[tuple[str, str]]:
+    """(rule, message) of a denial, each said once: the gateway may give the same fact
+    from the cell and from its statement, which only the prefix tells apart."""
+    out: list[tuple[str, str]] = []
+    seen: set[tuple[str, str]] = set()
+    for r in body.get("reasons", []) or []:
+        if not isinstance(r, dict):
+            continue
+        rule, message = str(r.get("rule", "")), str(r.get("message", ""))
+        key = (rule, _core(message))
+        if key not in seen:
+            seen.add(key)
+            out.append((rule, message))
+    return out
+
+
+def _core(message: str) -> str:
+    """A message without its ``statement N (kind):`` prefixes (to find repeats)."""
+    import re
+
+    return re.sub(r"^(statement \d+( \([^)]*\))?: )+", "", message)
+
+
+def _denial(exc: Denied, sql: str) -> Denied:
+    """The kernel's form of a gateway denial: :class:`SqlError` when the SQL has an error
+    (a caret under the spot), else :class:`Denied` naming each rule once."""
     body = exc.body
-    reasons = body.get("reasons", []) or []
-    parts = [f"[{r.get('rule')}] {r.get('message')}" for r in reasons if isinstance(r, dict)] or [str(exc)]
+    reasons = _reasons(body)
     event = f" (audit event {body['event_id']})" if body.get("event_id") else ""
-    return "denied by the warden gateway — nothing ran: " + "; ".join(parts) + event
+    errors = [(r, m) for r, m in reasons if r in SQL_ERROR_RULES]
+    if not errors:
+        parts = [f"[{r}] {m}" for r, m in reasons] or [str(exc)]
+        return Denied("the policy does not allow this — nothing ran: " + "; ".join(parts) + event, code=exc.code, body=body)
+    parse = [(r, m) for r, m in errors if r == "fail-closed/parse-error"]
+    if parse:
+        # A statement that does not parse has no kind: "none of your roles allows other
+        # statements" is a consequence, not news. One parse error is enough to fix first.
+        errors = parse[:1]
+        others: list[tuple[str, str]] = []
+    else:
+        others = [(r, m) for r, m in reasons if r not in SQL_ERROR_RULES]
+    lines: list[str] = []
+    for rule, message in errors:
+        text = show.strip_position(_core(message))
+        where = show.error_position(message)
+        if rule == "fail-closed/parse-error":
+            lines.append(_parse_error_text(sql, text, where))
+        else:
+            lines.append(text + (_caret(sql, where) if where else ""))
+    if others:
+        lines.append("the policy also denies it: " + "; ".join(f"[{r}] {m}" for r, m in others))
+    return SqlError("your SQL has an error — nothing ran" + event + "\n" + "\n".join(lines), code="sql-error", body=body)
 
 
-def _held_message(body: dict[str, Any], approval: dict[str, Any], wait: float) -> str:
-    aid = approval.get("id", "?")
-    why = "; ".join(map(str, approval.get("reasons", []) or [])) or ", ".join(approval.get("rule_ids", []) or [])
-    who = show.approvers_text(body.get("approvers", {}) or {})
-    waited = f" after waiting {wait:.0f} s" if wait > 0 else ""
-    return (
-        f"held for approval {aid}{waited} — nothing ran. Why: {why}. Who can approve: {who} "
-        f"(`warden approvals approve {aid} --reason ...`). Once approved, re-run this cell: warden "
-        f"remembers the request (or add --approval {aid})."
-    )
+def _caret(sql: str, where: tuple[int, int]) -> str:
+    excerpt = show.caret_excerpt(sql, *where)
+    return ("\n" + excerpt) if excerpt else ""
+
+
+_STARTS = ("SELECT", "WITH", "INSERT", "UPDATE", "DELETE", "MERGE", "CREATE", "DROP", "ALTER", "TRUNCATE", "EXPLAIN",
+           "VALUES", "TABLE", "SHOW", "DESCRIBE", "SET", "RESET", "COPY", "GRANT", "REVOKE", "BEGIN", "COMMIT", "ROLLBACK",
+           "PIVOT", "UNPIVOT", "FROM", "SUMMARIZE", "ANALYZE", "VACUUM", "CALL", "USE", "PRAGMA", "ATTACH", "DETACH")  # fmt: skip
+
+
+def _parse_error_text(sql: str, text: str, where: tuple[int, int] | None) -> str:
+    """One parse error. When a statement starts with a word that is no SQL keyword (a
+    typo of SELECT), point there: the parser only noticed further on."""
+    import difflib
+    import re
+
+    text = re.sub(r"^statement \d+ could not be parsed: ", "could not parse the SQL: ", text)
+    for n, line in enumerate(sql.splitlines(), start=1):
+        found = re.match(r"\s*([A-Za-z_]+)", line)
+        if found is None or line.lstrip().startswith("--"):
+            continue
+        word = found.group(1)
+        if word.upper() not in _STARTS:
+            close = difflib.get_close_matches(word.upper(), _STARTS, n=1, cutoff=0.6)
+            hint = f"; did you mean `{close[0]}`?" if close else ""
+            return f"`{word}` does not start an SQL statement{hint}" + _caret(sql, (n, found.end(1)))
+        break  # only the first statement's first word is checked: the rest is the parser's
+    return text + (f" (line {where[0]}, column {where[1]})" + _caret(sql, where) if where else "")
 
 
 def _failed_message(exc: QueryFailed, stream: CellStream) -> str:
@@ -551,14 +692,23 @@ def _unavailable_message(text: str) -> str:
 
 def _error_bundle(exc: BaseException) -> dict[str, str]:
     titles: dict[type[BaseException], str] = {
-        Denied: "Denied by the warden gateway — nothing ran",
+        SqlError: "Your SQL has an error — nothing ran",
+        Denied: "The policy does not allow this — nothing ran",
         Held: "Held for approval — nothing ran",
         QueryFailed: "The query failed",
         GatewayUnavailable: "The warden gateway is unavailable — nothing ran",
         Unauthorized: "The warden gateway refused this identity",
     }
     title = titles.get(type(exc), type(exc).__name__)
-    return show.message_bundle(title, [str(exc)], kind="denied" if isinstance(exc, (Denied, GatewayUnavailable, Unauthorized)) else "held")
+    lines = str(exc).split("\n")
+    if lines[0].lower().startswith(title.lower() + ": "):
+        lines[0] = lines[0][len(title) + 2 :]  # said by the title already
+    if isinstance(exc, SqlError):
+        # The first line repeats the title; the excerpt with its caret stays monospaced.
+        body = lines[1:]
+        return show.message_bundle(title, [ln for ln in body if not ln.startswith(("line ", " "))], kind="error",
+                                   code="\n".join(ln for ln in body if ln.startswith(("line ", " "))))  # fmt: skip
+    return show.message_bundle(title, lines, kind="denied" if isinstance(exc, (Denied, GatewayUnavailable, Unauthorized)) else "held")
 
 
 def short_error_handler(magic: Callable[[], SqlMagic | None]) -> Callable[..., list[str] | None]:
