@@ -1,4 +1,5 @@
-"""``warden audit verify``, ``warden audit export`` and ``warden audit public-key``.
+"""``warden audit verify``, ``export``, ``public-key`` (here) and ``query``, ``tail``,
+``replay`` (against the running gateway: warden.audit.terminal).
 
 Wired into the main parser by ``warden.cli`` with ``register(sub)``; ``main()`` runs
 the same subcommands standalone (``python -m warden.audit.cli audit verify ...``).
@@ -27,7 +28,7 @@ STORE_ENV = "WARDEN_AUDIT_STORE"
 
 
 def register(subparsers: Any) -> None:
-    """Add the ``audit`` command (``verify``, ``export``) to an argparse subparsers object."""
+    """Add the ``audit`` command (``verify``, ``export``, ``public-key``, ``query``, ``tail``, ``replay``) to an argparse subparsers object."""
     audit = subparsers.add_parser("audit", help="verify or export the audit log", description="Tools for the tamper-evident audit log.")
     actions = audit.add_subparsers(metavar="ACTION")
     audit.set_defaults(func=lambda _args: _usage(audit))
@@ -49,7 +50,8 @@ def register(subparsers: Any) -> None:
 
     e = actions.add_parser("export", help="write sealed Parquet/JSONL segments with signed manifests", description="Export chains as sealed segments.")
     e.add_argument("--store", default=os.environ.get(STORE_ENV), help=f"store URL; default ${STORE_ENV}")
-    e.add_argument("--format", choices=("parquet", "jsonl"), default="parquet", help="data file format (default parquet)")
+    e.add_argument("--format", choices=("parquet", "jsonl", "ocsf"), default="parquet",
+                   help="data file format (default parquet); ocsf: OCSF Datastore Activity (6005) JSONL for a SIEM, one file per chain")
     e.add_argument("--since", metavar="ISO", help="first event time to export (ISO-8601; UTC when no offset is given)")
     e.add_argument("--out", required=True, metavar="DIR", help="directory for the segments")
     e.add_argument("--chain", help="export only this chain")
@@ -66,6 +68,10 @@ def register(subparsers: Any) -> None:
     src.add_argument("--config", metavar="YAML", help="the gateway's config file; its secret_file is read the way the gateway reads it")
     src.add_argument("--signing-key", metavar="FILE", help="file with the PEM Ed25519 private key or the gateway secret (secret_file)")
     k.set_defaults(func=_public_key)
+
+    from warden.audit.terminal import register_live
+
+    register_live(actions)
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
@@ -104,6 +110,18 @@ def _export(args: argparse.Namespace) -> int:
             return _fail(f"--since {args.since!r} is not an ISO-8601 time (e.g. 2024-05-01T00:00:00Z)")
         if since.tzinfo is None:
             since = since.replace(tzinfo=dt.UTC)
+    if args.format == "ocsf":
+        from warden.audit.ocsf import export_ocsf
+
+        try:
+            files = export_ocsf(args.store, args.out, since, chain_id=args.chain)
+        except WardenError as exc:
+            return _fail(str(exc))
+        for chain, path, count in files:
+            print(json.dumps({"chain_id": chain, "records": count, "data": str(path), "format": "ocsf"}))
+        if not files:
+            print("nothing to export", file=sys.stderr)
+        return EXIT_OK
     from warden.audit.checkpoint import signing_key_from_file
 
     try:
