@@ -14,16 +14,18 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from warden import __version__
 from warden.errors import WardenError
-from warden.gateway.config import connection_dsn
-from warden.policy.engine import Decision, Identity, decide
-from warden.policy.model import Connection, Policy, load_policy
-from warden.sql.analyze import analyze_cell
-from warden.sql.catalog import Catalog, load_catalog_file
-from warden.sql.model import CellAnalysis
+
+if TYPE_CHECKING:
+    # Imported where used: the policy engine, sqlglot and the detectors take most of a
+    # second to import, and `warden --version` or `warden approvals` need none of them.
+    from warden.policy.engine import Decision
+    from warden.policy.model import Connection, Policy
+    from warden.sql.catalog import Catalog
+    from warden.sql.model import CellAnalysis
 
 EXIT_OK = 0
 EXIT_DENIED = 1  # explain: the decision is deny (scripts can test it)
@@ -38,9 +40,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     try:
         code: int = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
     except WardenError as exc:
         print(f"warden: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    except BrokenPipeError:
+        # `warden … | head`: the reader has gone; no traceback. Python's own advice:
+        # point stdout at devnull so the exit-time flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a killed writer
     return code
 
 
@@ -101,6 +110,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _policy_check(args: argparse.Namespace) -> int:
+    from warden.policy.model import load_policy
+
     policy = load_policy(args.file)
     print(
         f"{args.file}: ok — {len(policy.connections)} connection(s), "
@@ -110,6 +121,8 @@ def _policy_check(args: argparse.Namespace) -> int:
 
 
 def catalog_for(policy: Policy, connection: str, catalog_file: str | None) -> Catalog:
+    from warden.sql.catalog import load_catalog_file
+
     conn = policy.connections.get(connection)
     if conn is None:
         raise WardenError(f"connection {connection!r} is not in the policy (known: {', '.join(sorted(policy.connections))})")
@@ -123,6 +136,7 @@ def catalog_for(policy: Policy, connection: str, catalog_file: str | None) -> Ca
 
 
 def _live_catalog(conn: Connection, policy: Policy) -> Catalog:
+    from warden.gateway.config import connection_dsn
     from warden.sql.catalog_live import load_catalog
 
     if conn.dialect == "duckdb":
@@ -137,6 +151,10 @@ def _live_catalog(conn: Connection, policy: Policy) -> Catalog:
 
 
 def _explain(args: argparse.Namespace) -> int:
+    from warden.policy.engine import Identity, decide
+    from warden.policy.model import load_policy
+    from warden.sql.analyze import analyze_cell
+
     policy = load_policy(args.policy)
     catalog = catalog_for(policy, args.connection, args.catalog)
     sql = sys.stdin.read() if args.sql == "-" else args.sql
@@ -164,6 +182,7 @@ def explain_json(analysis: CellAnalysis, decision: Decision, policy: Policy, con
     from warden.policy.engine import Classifier
 
     classify = Classifier(policy, connection)
+    names = engine_output_names(analysis.sql, analysis.dialect)
     statements = []
     for st in analysis.statements:
         masks = {m.position: m for m in decision.masks if m.statement == st.index}
@@ -179,7 +198,7 @@ def explain_json(analysis: CellAnalysis, decision: Decision, policy: Policy, con
                 "columns": usage,
                 "outputs": [
                     {
-                        "name": out.name,
+                        "name": names.get((st.index, pos), out.name),
                         "sources": sorted(s.qualified for s in out.sources),
                         "transformed": out.transformed,
                         "classifications": sorted(classify.of(out.sources)),
@@ -203,6 +222,74 @@ def explain_json(analysis: CellAnalysis, decision: Decision, policy: Policy, con
         "redacted_sql": decision.redacted_sql,
         "statements": statements,
     }
+
+
+def engine_output_names(sql: str, dialect: str) -> dict[tuple[int, int], str]:
+    """(statement, position) -> the name the engine gives an unaliased computed output
+    (the analysis calls it ``_col_N``): PostgreSQL ``count``, ``upper``, ``?column?``;
+    DuckDB its expression text (``count_star()``, ``(id + 1)``). Aliases, plain columns
+    and everything after a ``*`` keep the analysis's names."""
+    import sqlglot
+    from sqlglot import exp
+
+    try:
+        trees = [t for t in sqlglot.parse(sql, read=dialect) if t is not None]
+    except sqlglot.errors.SqlglotError:
+        return {}
+    names: dict[tuple[int, int], str] = {}
+    for index, tree in enumerate(trees):
+        select: Any = tree
+        while isinstance(select, (exp.SetOperation, exp.Subquery)):
+            select = select.this if isinstance(select, exp.Subquery) else select.left  # set operations take the left names
+        if not isinstance(select, exp.Select):
+            continue
+        for pos, item in enumerate(select.expressions):
+            if isinstance(item, exp.Star) or (isinstance(item, exp.Column) and isinstance(item.this, exp.Star)):
+                break  # positions after a star depend on the catalog
+            if isinstance(item, (exp.Alias, exp.Column)):
+                continue
+            names[(index, pos)] = _postgres_name(item) or "?column?" if dialect == "postgres" else _duckdb_name(item)
+    return names
+
+
+def _postgres_name(node: Any) -> str | None:
+    """PostgreSQL's FigureColname: a column's name, a function's, a cast's argument (else
+    its type), CASE, EXISTS, ARRAY; None where PostgreSQL says ``?column?``."""
+    from sqlglot import exp
+
+    if isinstance(node, exp.Column):
+        return str(node.name)
+    if isinstance(node, exp.Cast):
+        return _postgres_name(node.this) or str(node.to.sql("postgres")).lower()
+    if isinstance(node, exp.Case):
+        return "case"
+    if isinstance(node, exp.Exists):
+        return "exists"
+    if isinstance(node, exp.Array):
+        return "array"
+    if isinstance(node, exp.Anonymous):
+        return str(node.name).lower()
+    if isinstance(node, exp.Func):
+        return str(node.sql_name()).lower()
+    if isinstance(node, exp.Paren):
+        return _postgres_name(node.this)
+    return None
+
+
+def _duckdb_name(node: Any) -> str:
+    """DuckDB names a computed column by its expression text (close to it: DuckDB's own
+    printer differs in quoting and spacing in places)."""
+    from sqlglot import exp
+
+    if isinstance(node, exp.Count) and isinstance(node.this, exp.Star):
+        return "count_star()"
+    text = str(node.sql("duckdb"))
+    if isinstance(node, exp.Func):
+        head, paren, rest = text.partition("(")
+        text = head.lower() + paren + rest
+    if isinstance(node, exp.Binary):
+        text = f"({text})"
+    return text
 
 
 def explain_text(analysis: CellAnalysis, decision: Decision, policy: Policy, connection: str) -> str:
