@@ -79,6 +79,12 @@ def _ddl(dialect: str, schema: str) -> list[str]:
         if s not in ("public", "main"):
             out.append(f"CREATE SCHEMA {s}")
     for key, spec in tables.items():
+        if isinstance(spec, dict) and spec.get("parent"):
+            # An inheritance child (PostgreSQL): the parent's rows policy must follow it.
+            s, name = key.split(".")
+            if dialect == "postgres":
+                out.append(f"CREATE TABLE {s}.{q(name)} () INHERITS ({spec['parent']})")
+            continue
         if isinstance(spec, dict):
             continue
         s, name = key.split(".")
@@ -88,7 +94,7 @@ def _ddl(dialect: str, schema: str) -> list[str]:
             values = ", ".join(str(v) if isinstance(v, int) else "'" + v + "'" for v in row)
             out.append(f"INSERT INTO {s}.{q(name)} VALUES ({values})")
     out.extend(f.format(s=schema) for f in FUNCTIONS[dialect])
-    views = {k: v for k, v in tables.items() if isinstance(v, dict)}
+    views = {k: v for k, v in tables.items() if isinstance(v, dict) and v.get("definition")}
     done: set[str] = set()
     while len(done) < len(views):  # views in dependency order (bounded by their number)
         progressed = False

@@ -628,7 +628,7 @@ class Gateway:
                     # The database's own account of each column (PostgreSQL's row
                     # description), before anything runs: independent of sqlglot.
                     shape_key = f"{analysis.fingerprint}\x00{st.index}"
-                    check_origins(st, executor.describe_origins(sql, timeout_ms=limits.statement_timeout_ms, key=shape_key, session=session))
+                    check_origins(st, executor.describe_origins(sql, timeout_ms=limits.statement_timeout_ms, key=shape_key, session=session), catalog)
                 if st.kind == "set":
                     result = StatementResult(None, iter(()), rowcount=0)
                 else:

@@ -27,6 +27,7 @@ import pyarrow as pa
 
 from warden.gateway.execute import ExecutionError
 from warden.masking.operators import mask_supported
+from warden.sql.catalog import Catalog
 from warden.sql.model import StatementAnalysis
 
 __all__ = ["ORIGIN_RULE", "SHAPE_RULE", "ShapeMismatchError", "check_origins", "check_result_shape"]
@@ -99,13 +100,17 @@ def check_result_shape(
             )
 
 
-def check_origins(st: StatementAnalysis, origins: Sequence[tuple[str, str, str] | None] | None) -> None:
+def check_origins(
+    st: StatementAnalysis, origins: Sequence[tuple[str, str, str] | None] | None, catalog: Catalog | None = None
+) -> None:
     """The cross-check that does not depend on sqlglot (PostgreSQL).
 
     ``origins`` is what the database's row description says each result column is a plain
     reference to (``PostgresExecutor.describe_origins``). Where it names a base-table
     column, that column must be among the analysis's sources of the output at that
     position: otherwise classification and masks were decided for some other column.
+    A partition or inheritance child stands for its root table (``catalog``), as the
+    analysis attributes its columns to the root.
     """
     if origins is None:
         return
@@ -123,6 +128,10 @@ def check_origins(st: StatementAnalysis, origins: Sequence[tuple[str, str, str] 
         if origin is None:
             continue
         schema, table, column = origin
+        rel = catalog.get(schema, table) if catalog is not None else None
+        if catalog is not None and rel is not None and rel.parent:
+            root = catalog.root(rel)
+            schema, table = root.schema, root.name
         known = {(s.schema, s.table, s.column) for s in out.sources} | {(s.schema, s.table, s.column) for s in out.opaque}
         if (schema, table, column) not in known:
             traced = ", ".join(sorted(s.qualified for s in out.sources)) or "no column"

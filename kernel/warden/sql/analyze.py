@@ -464,6 +464,8 @@ def _referenced_relations(stmt: exp.Expr, kind: str, lineage: QueryLineage) -> l
         if rel is None:
             continue
         out[rel.qualified] = None
+        if rel.parent:
+            out[catalog.root(rel).qualified] = None
         if rel.kind == "view" and rel.definition:
             view = SCHEMAS.view_outputs(catalog, rel, ())
             if isinstance(view, Unresolved):

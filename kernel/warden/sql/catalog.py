@@ -32,6 +32,9 @@ class Relation:
     columns: tuple[str, ...]
     kind: str = "table"  # "table" | "view"
     definition: str | None = None  # the view's SELECT, for views
+    # The table this one is a partition or an inheritance child of (``schema.table``):
+    # its rows are the parent's rows, so the parent's policy holds for it.
+    parent: str | None = None
 
     @property
     def qualified(self) -> str:
@@ -86,6 +89,18 @@ class Catalog:
             schema, name = schema.lower(), name.lower()
         return self.relations.get((schema, name))
 
+    def root(self, rel: Relation) -> Relation:
+        """The topmost parent of a partition or inheritance child (itself otherwise)."""
+        seen = {rel.qualified}
+        while rel.parent:
+            schema, _, name = rel.parent.partition(".")
+            up = self.get(schema, name)
+            if up is None or up.qualified in seen or len(seen) > 32:
+                break
+            seen.add(up.qualified)
+            rel = up
+        return rel
+
     def resolve(self, name: str, search_path: Iterable[str] | None = None) -> Relation | None:
         """The relation an unqualified ``name`` means under ``search_path``."""
         for schema in search_path or self.search_path:
@@ -112,6 +127,8 @@ class Catalog:
         for rel in self.relations.values():
             if rel.kind == "view":
                 tables[rel.qualified] = {"columns": list(rel.columns), "definition": rel.definition}
+            elif rel.parent:
+                tables[rel.qualified] = {"columns": list(rel.columns), "parent": rel.parent}
             else:
                 tables[rel.qualified] = list(rel.columns)
         out: dict[str, Any] = {"dialect": self.dialect, "search_path": list(self.search_path), "tables": tables}
@@ -130,6 +147,7 @@ def _normalise_relation(rel: Relation, dialect: Dialect) -> Relation:
         columns=tuple(c.lower() for c in rel.columns),
         kind=rel.kind,
         definition=rel.definition,
+        parent=rel.parent.lower() if rel.parent else None,
     )
 
 
@@ -138,7 +156,7 @@ def _fingerprint(catalog: Catalog) -> str:
         [
             catalog.dialect,
             list(catalog.search_path),
-            sorted((k[0], k[1], list(v.columns), v.kind, v.definition) for k, v in catalog.relations.items()),
+            sorted((k[0], k[1], list(v.columns), v.kind, v.definition, v.parent) for k, v in catalog.relations.items()),
             sorted(catalog.user_functions),
         ],
         sort_keys=True,
@@ -185,8 +203,9 @@ def catalog_from_mapping(data: Mapping[str, Any], *, dialect: Dialect | None = N
                 raise CatalogError(f"{key}: 'columns' must be a list")
             definition = spec.get("definition")
             kind = "view" if definition else str(spec.get("kind", "table"))
+            parent = spec.get("parent")
             rels.append(
-                Relation(schema, name, tuple(str(c) for c in cols), kind, definition or None)
+                Relation(schema, name, tuple(str(c) for c in cols), kind, definition or None, str(parent) if parent else None)
             )
         else:
             raise CatalogError(f"{key}: expected a list of columns or a mapping")

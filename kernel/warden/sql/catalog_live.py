@@ -46,7 +46,13 @@ SELECT n.nspname::text,
                FROM pg_catalog.pg_attribute a
               WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
               ORDER BY a.attnum) AS columns,
-       CASE WHEN c.relkind IN ('v', 'm') THEN pg_catalog.pg_get_viewdef(c.oid, true) END
+       CASE WHEN c.relkind IN ('v', 'm') THEN pg_catalog.pg_get_viewdef(c.oid, true) END,
+       (SELECT pn.nspname::text || '.' || pc.relname::text
+          FROM pg_catalog.pg_inherits i
+          JOIN pg_catalog.pg_class pc ON pc.oid = i.inhparent
+          JOIN pg_catalog.pg_namespace pn ON pn.oid = pc.relnamespace
+         WHERE i.inhrelid = c.oid
+         ORDER BY i.inhseqno LIMIT 1) AS parent
   FROM pg_catalog.pg_class c
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
  WHERE c.relkind IN ('r', 'p', 'f', 'v', 'm')
@@ -226,8 +232,9 @@ def load_postgres_catalog(
             columns=tuple(columns or ()),
             kind="view" if relkind in ("v", "m") else "table",
             definition=_clean_viewdef(viewdef) if relkind in ("v", "m") else None,
+            parent=parent,
         )
-        for schema, name, relkind, columns, viewdef in rows
+        for schema, name, relkind, columns, viewdef, parent in rows
     ]
     search_path = tuple(path_row[0] or ()) if path_row else ()
     # Catalog.build replaces an empty path by ("public",); keep the server's answer exact.

@@ -661,6 +661,13 @@ class QueryLineage:
                 for fn in result.functions:
                     self.functions[fn] = None
             return list(result.outputs)
+        if rel.parent:
+            # A partition's (or inheritance child's) rows are its root table's: its
+            # columns are the root's columns for classification, and reading it reads the root.
+            root = self.catalog.root(rel)
+            if record:
+                self.reads[root.qualified] = None
+            return [OutputColumn(c, frozenset({ColumnRef(root.schema, root.name, c)})) for c in rel.columns]
         return [OutputColumn(c, frozenset({ColumnRef(rel.schema, rel.name, c)})) for c in rel.columns]
 
     def _table_function_columns(self, table: exp.Table, scope: Scope, *, record: bool) -> list[OutputColumn]:

@@ -49,7 +49,7 @@ def apply_row_filters(
 
     target = stmt.this if isinstance(stmt, (exp.Update, exp.Delete)) else None
     if isinstance(target, exp.Table):
-        pred = predicates.get(_name(target))
+        pred = _predicate_for(target, predicates, catalog)
         if pred is not None:
             where = stmt.args.get("where")
             cond = pred.copy()
@@ -78,8 +78,7 @@ def _rewrite_reads(
             continue
         if table.parent is stmt or (isinstance(table.parent, exp.Schema) and table.parent.parent is stmt):
             continue  # the written table of INSERT / CREATE, not a read
-        name = _name(table)
-        pred = predicates.get(name)
+        pred = _predicate_for(table, predicates, catalog)
         alias = table.alias or table.name
         if pred is not None:
             inner = exp.select("*").from_(exp.Table(this=table.this.copy(), db=table.args.get("db"))).where(pred.copy())
@@ -92,6 +91,16 @@ def _rewrite_reads(
         _rewrite_reads(body, predicates, catalog, skip=None, stack=(*stack, rel.qualified))
         columns = [exp.to_identifier(c) for c in rel.columns]
         table.replace(exp.Subquery(this=body, alias=exp.TableAlias(this=exp.to_identifier(alias), columns=columns)))
+
+
+def _predicate_for(table: exp.Table, predicates: Mapping[str, exp.Expr], catalog: Catalog) -> exp.Expr | None:
+    """The filter of a table, or of the root table it is a partition of."""
+    pred = predicates.get(_name(table))
+    if pred is None and table.db:
+        rel = catalog.get(table.db, table.name)
+        if rel is not None and rel.parent:
+            pred = predicates.get(catalog.root(rel).qualified)
+    return pred
 
 
 def _view_body(qualified: str, catalog: Catalog, stack: tuple[str, ...]) -> exp.Expr:
@@ -120,8 +129,7 @@ def _view_reads_filtered(qualified: str, predicates: Mapping[str, exp.Expr], cat
     for table in body.find_all(exp.Table):
         if not isinstance(table.this, exp.Identifier) or not table.db:
             continue
-        name = _name(table)
-        if name in predicates:
+        if _predicate_for(table, predicates, catalog) is not None:
             return True
         rel = catalog.get(table.db, table.name)
         if rel is not None and rel.kind == "view" and _view_reads_filtered(rel.qualified, predicates, catalog, (*stack, qualified)):
