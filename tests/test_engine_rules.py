@@ -46,3 +46,25 @@ def test_update_of_a_filtered_table_gets_the_filter(dialect: str) -> None:
 def test_declared_function_over_a_filtered_table_is_denied() -> None:
     decision = decide(POLICY, WRITER, analyze_cell("SELECT orders_total(1) AS t", fixture_catalog("postgres"), cache=None), "pg")
     assert decision.action == "deny" and any("cannot be filtered" in r.message for r in decision.reasons), decision.summary
+
+
+def test_live_catalog_knows_partitions_and_children(pg_dsn: str) -> None:
+    import psycopg
+
+    from warden.sql.catalog_live import load_postgres_catalog
+
+    with psycopg.connect(pg_dsn, autocommit=True) as con:
+        con.execute("CREATE TABLE events (id int, region text, at date) PARTITION BY RANGE (at)")
+        con.execute("CREATE TABLE events_2026 PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')")
+        con.execute("CREATE TABLE people (id int, email text)")
+        con.execute("CREATE TABLE people_old () INHERITS (people)")
+    catalog = load_postgres_catalog(pg_dsn)
+    part = catalog.get("public", "events_2026")
+    child = catalog.get("public", "people_old")
+    assert part is not None and part.parent == "public.events"
+    assert child is not None and child.parent == "public.people"
+    assert catalog.root(part).qualified == "public.events"
+    analysis = analyze_cell("SELECT email FROM people_old", catalog, cache=None)
+    [out] = analysis.statements[0].outputs
+    assert {s.qualified for s in out.sources} == {"public.people.email"}
+    assert set(analysis.statements[0].reads) == {"public.people_old", "public.people"}
