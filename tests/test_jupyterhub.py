@@ -26,6 +26,7 @@ from oidc_issuer import OIDCIssuer
 from pgserver import free_port
 from warden.gateway.auth import AuthError, fetch_client_credentials_token
 from warden.gateway.client import GatewayClient, GatewayError, Held
+from warden.gateway.config import ConfigError, config_from_mapping
 from warden.hub.auth import HubAuthConfig, HubTokenVerifier
 from warden.hub.config import HubConfigOptions, render
 
@@ -237,9 +238,40 @@ def test_the_hub_accepted_the_generated_fragment(deployment: Deployment) -> None
 def test_hub_config_refuses_bad_names() -> None:
     with pytest.raises(ValueError):
         HubConfigOptions(service_name="war den")
-    text = render(HubConfigOptions(gateway_config="/etc/warden/gateway.yaml", gateway_user="warden"))
-    assert '"command": [\'warden\', \'gateway\', \'--config\', \'/etc/warden/gateway.yaml\']' in text
+    text = render(HubConfigOptions(gateway_config="/etc/warden/gateway.yaml", gateway_user="warden", python="/opt/hub/bin/python"))
+    c = Config()
+    exec(compile(text, "managed.py", "exec"), {"c": c})
+    (service,) = c.JupyterHub.services.to_dict()["extend"]
+    assert service == {"name": "warden", "display": False, "user": "warden",
+                       "command": ["/opt/hub/bin/python", "-m", "warden.cli", "gateway", "--config", "/etc/warden/gateway.yaml"]}  # fmt: skip
     assert "api_token" not in text  # a managed service gets its token from the Hub
+
+
+@pytest.mark.parametrize(
+    ("auth", "mode", "message"),
+    [
+        ({"mode": "jupyterhub"}, "shared", "hub_api_url"),
+        ({"mode": "jupyterhub", "hub_api_url": "http://127.0.0.1:8081/hub/api"}, "local", "mode: shared"),
+        ({"mode": "jupyterhub", "hub_api_url": "http://127.0.0.1:8081/hub/api", "issuer": "https://idp"}, "shared", "audience"),
+        ({"mode": "jupyterhub", "hub_url": "x"}, "shared", "unknown setting 'auth.hub_url'"),
+    ],
+)
+def test_gateway_config_for_jupyterhub_is_validated(
+    auth: dict[str, str], mode: str, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("JUPYTERHUB_API_URL", raising=False)
+    with pytest.raises(ConfigError, match=message):
+        config_from_mapping({"mode": mode, "policy": "p.yaml", "auth": auth}, base=tmp_path)
+
+
+def test_gateway_config_reads_the_hub_environment_of_a_managed_service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JUPYTERHUB_API_URL", "http://127.0.0.1:8081/hub/api")
+    monkeypatch.setenv("JUPYTERHUB_SERVICE_NAME", "sql-gateway")
+    cfg = config_from_mapping({"policy": "p.yaml", "auth": {"mode": "jupyterhub"}}, base=tmp_path)
+    assert (cfg.auth.hub_api_url, cfg.auth.hub_service_name, cfg.auth.hub_token_env) == (
+        "http://127.0.0.1:8081/hub/api", "sql-gateway", "JUPYTERHUB_API_TOKEN")
+    assert HubAuthConfig(api_url=cfg.auth.hub_api_url, service_name="sql-gateway").accepted_scopes == {
+        "access:services", "access:services!service=sql-gateway"}
 
 
 def _server_env(hub: HubProcess, user: str) -> dict[str, str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,8 @@ class HubConfigOptions:
     #: where the Hub installs the warden kernelspec at start ("" = sys.prefix of the Hub's
     #: Python, i.e. system-wide for a Hub and servers sharing one environment)
     kernelspec_prefix: str = ""
+    #: the Python that runs a managed gateway ("" = the one running `warden hub-config`)
+    python: str = ""
 
     def __post_init__(self) -> None:
         if not _NAME.fullmatch(self.service_name):
@@ -47,7 +50,8 @@ def render(opts: HubConfigOptions) -> str:
     """The fragment's text (valid Python; ``repr`` quotes every value)."""
     managed = bool(opts.gateway_config)
     if managed:
-        command = ["warden", "gateway", "--config", opts.gateway_config]
+        # This Python (the one that has warden), so the Hub need not find `warden` on PATH.
+        command = [opts.python or sys.executable, "-m", "warden.cli", "gateway", "--config", opts.gateway_config]
         service = (
             f'    # Managed: the Hub starts the gateway and hands it JUPYTERHUB_API_URL,\n'
             f'    # JUPYTERHUB_API_TOKEN and JUPYTERHUB_SERVICE_NAME (what auth.mode: jupyterhub reads).\n'
