@@ -64,13 +64,18 @@ SELECT n.nspname::text,
  ORDER BY 1, 2
 """
 
-# Functions outside the engine's own schemas: user-defined, or an extension's.
-# Analysis treats a call of one of these names as opaque (see warden.sql.functions).
+# User-defined functions (outside the engine's schemas, not owned by an extension).
+# Analysis treats a call of one of these names as opaque, even when a built-in has
+# the same name (see warden.sql.functions). An extension's functions are the admin's
+# code, not a user's: they are not in this list, and those the allow table does not
+# list stay unknown (denied) all the same.
 _PG_USER_FUNCTIONS_SQL = """
 SELECT DISTINCT n.nspname::text, p.proname::text
   FROM pg_catalog.pg_proc p
   JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
  WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                    WHERE d.classid = 'pg_catalog.pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e')
 """
 
 _PG_DEFAULT_SCHEMA_FILTER = (
