@@ -92,6 +92,13 @@ def test_replicas_on_one_store(issuer: OIDCIssuer, postgres: PostgresServer, tmp
         for c in clients[1:]:  # not "unknown table" for the 300 s catalog TTL
             st = c.run("pg", "SELECT id, note FROM made_on_0").last
             assert st is not None and st.table is not None and st.table.num_rows == 1
+        # A session opened through one replica is its subject's on every other.
+        def event(g: GatewayProcess, sub: str) -> int:
+            body = {"type": "cell.execute", "context": {"session_id": "sess-shared-test"}}
+            return httpx.post(g.url + "/v1/events", json=body, headers={"authorization": f"Bearer {issuer.issue(sub=sub, groups=['analysts'])}"}).status_code
+
+        assert event(gws[0], "ana") == 201
+        assert [event(g, "mallory") for g in gws] == [403] * N
         results: list[dict[str, Any]] = []
         for i in range(3 * N):
             results.append(clients[i % N].run("pg", "SELECT id FROM customers ORDER BY id").trailer)

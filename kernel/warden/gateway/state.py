@@ -72,12 +72,15 @@ class SessionBindings:
             if found is not None:
                 self._known.move_to_end(key)
                 return found
-        # Insert-if-absent, then read: concurrent first uses (two replicas) agree on one owner.
-        self._db.execute(
-            "INSERT INTO warden_bindings (kind, id, subject, created_at) VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+        # Insert-if-absent (one round trip when the id is new), else read the owner:
+        # concurrent first uses (two replicas) agree on one owner.
+        rows = self._db.execute(
+            "INSERT INTO warden_bindings (kind, id, subject, created_at) VALUES (%s, %s, %s, %s) "
+            "ON CONFLICT DO NOTHING RETURNING subject",
             (kind, id_, subject, datetime.now(UTC)),
         )
-        rows = self._db.execute("SELECT subject FROM warden_bindings WHERE kind = %s AND id = %s", (kind, id_))
+        if not rows:
+            rows = self._db.execute("SELECT subject FROM warden_bindings WHERE kind = %s AND id = %s", (kind, id_))
         bound = str(rows[0][0]) if rows else subject
         with self._lock:
             self._known[key] = bound
