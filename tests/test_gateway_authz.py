@@ -8,11 +8,13 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 import yaml
 
@@ -113,10 +115,26 @@ class Running:
             self._ready.set()
             self.frames.extend(it)
 
-    def finish(self, timeout: float = 30) -> dict[bytes, Any]:
+    def finish(self, timeout: float = 60) -> dict[bytes, Any]:
         self._thread.join(timeout)
         assert not self._thread.is_alive(), "the query did not end"
         return {k: json.loads(p) for k, p in self.frames if k in (b"X", b"T")}
+
+
+def wait_running(dsn: str) -> None:
+    """Until the slow query runs in PostgreSQL (a cancel sent before it starts would
+    have nothing to cancel there)."""
+    deadline = time.monotonic() + 20
+    with psycopg.connect(dsn, autocommit=True) as con:
+        while time.monotonic() < deadline:
+            row = con.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE %s AND state = 'active' AND pid <> pg_backend_pid()",
+                ("%a.id + b.id > 3%",),
+            ).fetchone()
+            if row and row[0]:
+                return
+            time.sleep(0.05)
+    raise AssertionError("the slow query never started in PostgreSQL")
 
 
 def cancel(gw: GatewayProcess, token: str, query_id: str) -> httpx.Response:
@@ -126,9 +144,10 @@ def cancel(gw: GatewayProcess, token: str, query_id: str) -> httpx.Response:
 # -- cancel ------------------------------------------------------------------------------
 
 
-def test_only_the_owner_or_an_admin_cancels_and_every_attempt_is_audited(gw: GatewayProcess, issuer: OIDCIssuer) -> None:
+def test_only_the_owner_or_an_admin_cancels_and_every_attempt_is_audited(gw: GatewayProcess, issuer: OIDCIssuer, pg_data: str) -> None:
     ana, mallory, root = human(issuer, "ana", "analysts"), human(issuer, "mallory", "analysts"), human(issuer, "root", "platform")
     q = Running(gw, ana)
+    wait_running(pg_data)
     refused = cancel(gw, mallory, q.query_id)
     assert refused.status_code == 403 and refused.json()["error"]["code"] == "not-owner"
     # Refused means not cancelled: the query still runs; its owner cancels it.
@@ -137,6 +156,7 @@ def test_only_the_owner_or_an_admin_cancels_and_every_attempt_is_audited(gw: Gat
     assert ends[b"X"]["code"] == "cancelled" and ends[b"T"]["status"] == "cancelled"
 
     q2 = Running(gw, ana)
+    wait_running(pg_data)
     assert cancel(gw, root, q2.query_id).status_code == 200  # an admin (policy admins: role platform)
     assert q2.finish()[b"T"]["status"] == "cancelled"
     assert cancel(gw, mallory, "q_doesnotexist").status_code == 404
