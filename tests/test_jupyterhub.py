@@ -179,21 +179,21 @@ def test_a_revoked_hub_token_stops_working_within_the_cache_window(deployment: D
             return False
 
         wait_for(refused, timeout=10, what="the revoked token to be refused")
-    assert time.monotonic() - started <= 2 + 1.5  # hub_cache_seconds: 2
+    assert time.monotonic() - started <= 2 + 3  # hub_cache_seconds (2) plus a loaded machine's round trips
 
 
 def test_the_cache_never_outlives_the_token(deployment: Deployment) -> None:
     hub = deployment.hub
     verifier = HubTokenVerifier(HubAuthConfig(api_url=hub.api_url, service_token=hub.service_token, cache_seconds=3600))
     try:
-        token, _ = hub.new_token("alice", [ACCESS], expires_in=3)
         before = time.time()
+        token, _ = hub.new_token("alice", [ACCESS], expires_in=5)
         assert verifier.verify(token).subject == "alice"
         until = verifier.cached_until(token)
-        assert until is not None and before < until <= before + 3.5  # the token's expiry, not an hour
+        assert until is not None and time.time() < until <= before + 5.5  # the token's expiry, not an hour
         calls = verifier.hub_calls
         assert verifier.verify(token).subject == "alice" and verifier.hub_calls == calls  # from the cache
-        wait_for(lambda: time.time() > until, timeout=6, what="the token's expiry")
+        wait_for(lambda: time.time() > until, timeout=8, what="the token's expiry")
         with pytest.raises(AuthError) as info:
             verifier.verify(token)
         assert info.value.code == "invalid-credentials"
@@ -202,6 +202,17 @@ def test_the_cache_never_outlives_the_token(deployment: Deployment) -> None:
         blind.verify(deployment.tokens["alice"])
         assert blind.cached_until(deployment.tokens["alice"]) is None
         blind.close()
+    finally:
+        verifier.close()
+
+
+def test_an_unreachable_hub_fails_closed() -> None:
+    verifier = HubTokenVerifier(HubAuthConfig(api_url=f"http://127.0.0.1:{free_port()}/hub/api", http_timeout=2))
+    try:
+        with pytest.raises(AuthError) as info:
+            verifier.verify("0123456789abcdef0123456789abcdef")
+        assert info.value.code == "issuer-unavailable"
+        assert verifier.cached_until("0123456789abcdef0123456789abcdef") is None
     finally:
         verifier.close()
 
