@@ -68,8 +68,8 @@ def replay_session(client: Any, session_id: str, out: str | Path | None = None) 
 
 
 def _text(value: Any) -> str:
-    if value is None:
-        return ""
+    if value is None or (isinstance(value, float) and value != value) or type(value).__name__ == "NaTType":
+        return ""  # None, NaN, NaT (rows from pandas)
     if isinstance(value, dt.datetime):
         return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
     return str(value)

@@ -1,10 +1,10 @@
 """The auditor's views over the audit store: ``events``, ``queries``, ``objects``,
-``approvals``, ``sessions`` and ``cells``.
+``approvals``, ``sessions``, ``cells`` and ``checkpoints``.
 
 They are not created in the store (the store stays the gateway's append-only tables):
 each auditor query gets the views it names as CTEs in front of it (``with_views``),
 written in DuckDB SQL over ``audit_events``. ``VIEW_COLUMNS`` is what the analysis of an
-auditor's query sees (a catalog of six tables and nothing else) and what docs/audit.md
+auditor's query sees (a catalog of these views and nothing else) and what docs/audit.md
 documents, column by column (a test checks both against the SQL).
 """
 
@@ -112,6 +112,11 @@ LEFT JOIN (SELECT chain_id, correlation_id, count(*) AS queries FROM audit_event
   ON q.correlation_id = c.correlation_id AND q.chain_id = c.chain_id AND c.correlation_id <> ''
 """
 
+_CHECKPOINTS = """
+SELECT c.chain_id, c.seq, c.record_hash, c.checkpoint_time, c.mark, c.key_id, c.signature, k.public_key
+FROM audit_checkpoints c LEFT JOIN audit_keys k ON k.key_id = c.key_id
+"""
+
 #: View name -> DuckDB SQL over ``audit_events``.
 VIEW_SQL: Final[dict[str, str]] = {
     "events": _EVENTS,
@@ -120,6 +125,7 @@ VIEW_SQL: Final[dict[str, str]] = {
     "approvals": _APPROVALS,
     "sessions": _SESSIONS,
     "cells": _CELLS,
+    "checkpoints": _CHECKPOINTS,
 }
 
 #: View name -> its columns, in order (what the analysis and the docs know).
@@ -148,11 +154,12 @@ VIEW_COLUMNS: Final[dict[str, tuple[str, ...]]] = {
         "event_id", "session_id", "subject", "notebook_path", "cell_id", "execution_count", "event_time",
         "status", "error", "duration_ms", "source", "source_sha256", "cell_run_id", "queries",
     ),
+    "checkpoints": ("chain_id", "seq", "record_hash", "checkpoint_time", "mark", "key_id", "signature", "public_key"),
 }  # fmt: skip
 
 
 def views_catalog() -> Catalog:
-    """The only relations an auditor's query may name: the six views (schema ``audit``)."""
+    """The only relations an auditor's query may name: the views (schema ``audit``)."""
     rels = [Relation(SCHEMA, name, cols) for name, cols in VIEW_COLUMNS.items()]
     return Catalog.build("duckdb", rels, search_path=(SCHEMA,))
 

@@ -7,7 +7,7 @@ it sees every committed record and never blocks the writer). Before anything run
 - the caller must be an auditor under the policy (``auditors:``; in local mode the OS
   user audits their own log);
 - the cell goes through the same analysis as any other (``analyze_cell``) against a
-  catalog that holds only the six views (docs/audit.md §9): SELECT only, every
+  catalog that holds only the views (docs/audit.md §9): SELECT only, every
   relation one of the views, every function in the DuckDB allow table, no file reader,
   no ATTACH/COPY/PRAGMA/SET/INSTALL, nothing unresolved; otherwise it is denied;
 - an ``audit.read`` record with the auditor's SQL is durable (no audit, no access),
@@ -30,7 +30,13 @@ import pyarrow as pa
 
 from warden.audit.views import SCHEMA, VIEW_COLUMNS, views_catalog, with_views
 from warden.gateway.frames import json_frame
-from warden.gateway.service import AuditUnavailableError, CellOutcome, CellRequest, Gateway
+from warden.gateway.service import (
+    AuditUnavailableError,
+    CellOutcome,
+    CellRequest,
+    Gateway,
+    statement_params,
+)
 from warden.policy.engine import Identity
 from warden.sql.analyze import analyze_cell
 from warden.sql.model import CellAnalysis
@@ -105,15 +111,15 @@ class AuditConnection:
             return CellOutcome("error", {"status": "error", "error": {"code": "audit-unavailable", "message": str(exc)}}, http_status=503)
         if reasons:
             body = {"status": "denied", "rule_ids": event["rule_ids"], "reasons": reasons, "event_id": ids[0] if ids else "",
-                    "next": "the audit connection answers SELECTs over the views events, queries, objects, approvals, sessions and cells"}  # fmt: skip
+                    "next": "the audit connection answers SELECTs over the views " + ", ".join(VIEW_COLUMNS)}  # fmt: skip
             return CellOutcome("denied", body, http_status=403)
         header: dict[str, Any] = {"action": "allow", "rule_ids": [], "reasons": [], "event_id": ids[0] if ids else "", "query_id": query_id,
                   "approval_id": None, "statements": len(analysis.statements)}  # fmt: skip
         max_rows = min(x for x in (req.max_rows or 0, self.gateway.config.max_rows or 0, 1_000_000) if x)
         timeout = (self.gateway.config.statement_timeout_ms or 60_000) / 1000
-        return CellOutcome("stream", header, self._frames(analysis, header, max_rows, timeout))
+        return CellOutcome("stream", header, self._frames(analysis, req.params, header, max_rows, timeout))
 
-    def _frames(self, analysis: CellAnalysis, header: dict[str, Any], max_rows: int, timeout: float) -> Iterator[bytes]:
+    def _frames(self, analysis: CellAnalysis, params_all: tuple[Any, ...], header: dict[str, Any], max_rows: int, timeout: float) -> Iterator[bytes]:
         started = time.monotonic()
         yield json_frame(b"C", header)
         total = 0
@@ -124,7 +130,9 @@ class AuditConnection:
             timer = threading.Timer(timeout, cur.interrupt)
             timer.start()
             try:
-                table = cur.sql(with_views(st.sql)).to_arrow_table()
+                # Bound parameters ({{var}}, :var) stay parameters, numbered per statement.
+                sql, params = statement_params(st.sql, "duckdb", params_all)
+                table = cur.sql(with_views(sql), params=list(params) or None).to_arrow_table()
             except Exception as exc:
                 status = "failed"
                 message = str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__

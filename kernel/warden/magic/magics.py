@@ -521,13 +521,11 @@ class SqlMagic(Magics):
             note = (f"The gateway did not let this identity read the audit log ({exc}). Shown: what this kernel "
                     "knows of its own trail; the authoritative records are in the gateway's audit store "
                     "(an auditor reads them with `warden audit` or GET /v1/audit?session_id=…).")  # fmt: skip
-        rows = []
-        for ev in events[-limit:]:
-            when = str(ev.get("event_time") or ev.get("time") or "")[:19]
-            what = " · ".join(str(ev[k]) for k in ("query_id", "approval_id", "event_id", "cell_run_id") if ev.get(k))
-            rows.append((when.replace("T", " "), str(ev.get("type", "")), str(ev.get("connection") or ""), str(ev.get("action") or ""), str(ev.get("status") or ""), what))
+        from warden.magic.audit_rows import AUDIT_HEADERS, audit_rows
+
+        rows = audit_rows(events, limit)
         title = f"audit events of session {session.session_id} ({source}): {len(rows)}"
-        return Report(title, events, rows, note, headers=("time (UTC)", "event", "connection", "action", "status", "ids"))
+        return Report(title, events, rows, note, headers=AUDIT_HEADERS)
 
     def _connections_report(self, session: WardenSession) -> Report:
         me = session.whoami()
