@@ -23,18 +23,20 @@ CELL_CASES: list[tuple[str, dict[str, Any]]] = [
     ("df << demo", {"connection": "demo", "target": "df"}),
     ("--no-raise", {"no_raise": True}),
     ("demo --format arrow", {"connection": "demo", "format": "arrow"}),
-    ("-f polars", {"format": "polars"}),
+    ("--format polars", {"format": "polars"}),
     ("--format=pandas", {"format": "pandas"}),
     ("--wait 0", {"wait": 0.0}),
-    ("-w 2.5", {"wait": 2.5}),
+    ("--wait 2.5", {"wait": 2.5}),
     ("--limit 100", {"limit": 100}),
-    ("-n 0", {"limit": 0}),
+    ("--limit=0", {"limit": 0}),
     ("--approval apr_123", {"approval_id": "apr_123"}),
-    ("-c select", {"connection": "select"}),  # a connection named like a keyword
+    ("--connection select", {"connection": "select"}),  # a connection named like a keyword
     ("--connection=my-db", {"connection": "my-db"}),
     ("-q", {"quiet": True}),
     ("-l", {"list_connections": True}),
-    ("demo res << --no-raise -w 0", {"connection": "demo", "target": "res", "no_raise": True, "wait": 0.0}),
+    ("demo res << --no-raise --wait 0", {"connection": "demo", "target": "res", "no_raise": True, "wait": 0.0}),
+    ("res = <<", {"target": "res"}),
+    ("demo res=<<", {"connection": "demo", "target": "res"}),
 ]
 
 
@@ -94,7 +96,7 @@ def test_credentials_are_refused_with_a_pointer_to_the_gateway(line: str, cell: 
     assert "hunter2" not in message and "s3cret" not in message
 
 
-@pytest.mark.parametrize("line", ["postgresql://h/db", "duckdb:///tmp/x.duckdb", "sqlite://", "-c postgresql://h/db"])
+@pytest.mark.parametrize("line", ["postgresql://h/db", "duckdb:///tmp/x.duckdb", "sqlite://", "--connection postgresql://h/db"])
 def test_connection_strings_without_passwords_are_refused_too(line: str) -> None:
     with pytest.raises(CredentialsInCell, match="connection name"):
         parse_magic(line, "SELECT 1")
@@ -112,7 +114,11 @@ def test_connection_strings_without_passwords_are_refused_too(line: str) -> None
         ("--limit many", "number of rows"),
         ("--limit", "needs a value"),
         ("a << b <<", "two assignment targets"),
-        ("demo SELECT 1", "cell body"),
+        ("-c select", "--creator"),
+        ("-n", "--no-index"),
+        ("-p df", "gateway decided like an INSERT"),
+        ("--interact x", "widgets"),
+        ("-S bad-name", "snippet name"),
         ("-q=1", "no value"),
     ],
 )
@@ -125,3 +131,35 @@ def test_redact_credentials() -> None:
     text = "conn = 'postgresql://bob:hunter2@db/x'; other = 'https://example.com/a:b'"
     out = redact_credentials(text)
     assert "hunter2" not in out and "postgresql://bob:***@db/x" in out and "https://example.com/a:b" in out
+
+
+JUPYSQL_FLAGS: list[tuple[str, dict[str, Any]]] = [
+    ("--save big --no-execute", {"save": "big", "no_execute": True}),
+    ("-S big -N", {"save": "big", "no_execute": True}),
+    ("--with a -w b", {"with_": ("a", "b")}),
+    ("-f q.sql", {"file": "q.sql"}),
+    ("--file=dir/q.sql demo", {"file": "dir/q.sql", "connection": "demo"}),
+]
+
+
+@pytest.mark.parametrize(("line", "expected"), JUPYSQL_FLAGS)
+def test_jupysql_short_flags_mean_what_they_mean_in_jupysql(line: str, expected: dict[str, Any]) -> None:
+    parsed = parse_magic(line, "SELECT 1")
+    for key, value in expected.items():
+        assert getattr(parsed, key) == value, key
+
+
+def test_target_alone_on_the_first_body_line() -> None:
+    parsed = parse_magic("demo", "\nrows <<\nSELECT 1")
+    assert (parsed.connection, parsed.target, parsed.sql.strip()) == ("demo", "rows", "SELECT 1")
+    assert parse_magic("", "rows = <<\nSELECT 1").target == "rows"
+    # `<<` inside the SQL is not a target
+    assert parse_magic("", "SELECT 1 << 2").target is None
+    with pytest.raises(MagicSyntaxError, match="two assignment targets"):
+        parse_magic("a <<", "b <<\nSELECT 1")
+
+
+def test_sql_starting_on_the_cell_line_continues_in_the_body() -> None:
+    parsed = parse_magic("demo SELECT *", "FROM t\nWHERE a = 1")
+    assert (parsed.connection, parsed.sql) == ("demo", "SELECT *\nFROM t\nWHERE a = 1")
+    assert parse_magic("SELECT 1", "").sql == "SELECT 1"

@@ -2,6 +2,8 @@
 
 The warden kernel loads them itself; in another IPython kernel, ``%load_ext warden.magic``
 (that gives the magics, but cell-level audit events come only with the warden kernel).
+Once loaded, ``%load_ext sql`` (JupySQL's first cell) keeps warden's magic and says so
+(:mod:`warden.magic.compat`).
 """
 
 from __future__ import annotations
@@ -41,4 +43,7 @@ def load_ipython_extension(shell: Any, session: Any = None) -> Any:
     if completer is not None and hasattr(completer, "custom_matchers"):
         completer.custom_matchers.append(make_matcher(connection_of, cache.names, connections))
     shell.set_custom_exc((WardenError,), short_error_handler(active))
+    from warden.magic import compat  # %load_ext sql, %jupysql, no other %sql replaces warden's
+
+    compat.install(shell, magic._note)
     return magic

@@ -9,7 +9,7 @@ cell id, execution count, ``cell_run_id``). The gateway decides for the whole ce
   ``_sql_results``;
 * held — the cell shows the approval request and returns at once with one way to go on
   (local mode: ``%warden approve ID --reason ...``; else ask an approver), then re-run:
-  warden remembers the request for that exact cell. ``-w SECONDS`` (or
+  warden remembers the request for that exact cell. ``--wait SECONDS`` (or
   ``SqlMagic.wait_for_approval``) waits for the approver instead;
 * denied — a :class:`~warden.gateway.client.Denied` error names the rule and reason;
   a cell whose SQL has an error (it does not parse, names an unknown table or column)
@@ -52,9 +52,12 @@ from warden.gateway.client import (
 from warden.kernel.client import CellStream, KernelGatewayClient
 from warden.kernel.session import WardenSession, get_session
 from warden.magic import display as show
+from warden.magic import jupysql
+from warden.magic.config import JupySQLSettings
 from warden.magic.params import BoundSQL, bind
 from warden.magic.parse import FORMATS, MagicLine, MagicSyntaxError, parse_magic
 from warden.magic.results import statement_info, to_output
+from warden.magic.snippets import SnippetStore
 
 _ACTIVE: SqlMagic | None = None
 display: Any = _ipython_display  # untyped in IPython
@@ -128,13 +131,13 @@ class Report:
 
 
 @magics_class
-class SqlMagic(Magics):
+class SqlMagic(Magics, JupySQLSettings):
     """Audited SQL through the warden gateway (``%config SqlMagic.<setting> = value``)."""
 
-    displaylimit = Int(10, help="rows shown in a result's display (0: all, up to 10000)").tag(config=True)
-    autolimit = Int(0, help="rows fetched at most per statement (0: the gateway's limit)").tag(config=True)
+    displaylimit = Int(10, allow_none=True, help="rows shown in a result's display (0 or None: all, up to 10000)").tag(config=True)
+    autolimit = Int(0, allow_none=True, help="rows fetched at most per statement (0 or None: the gateway's limit)").tag(config=True)
     # 0: a held cell returns at once with the request and how to go on (a silent minute
-    # of a blocked kernel helps nobody); -w SECONDS waits for one cell.
+    # of a blocked kernel helps nobody); --wait SECONDS waits for one cell.
     wait_for_approval = Float(0.0, help="seconds a held cell waits for an approver (0: return at once with the request)").tag(config=True)
     approval_poll_interval = Float(1.0, help="seconds between approval status checks while waiting").tag(config=True)
     format = Enum(list(FORMATS), default_value="pandas", help="result type: pandas, arrow or polars").tag(config=True)
@@ -149,6 +152,7 @@ class SqlMagic(Magics):
         self._connection: str | None = None
         self._remembered: dict[str, str] = {}  # cell key -> approval id
         self.last_held = ""  # the latest approval request of this kernel (`%warden approve last`)
+        self.snippets = SnippetStore()  # --save / --with (JupySQL)
 
     @property
     def session(self) -> WardenSession:
@@ -166,9 +170,11 @@ class SqlMagic(Magics):
         %sql  [NAME] [VAR <<] [options] SQL
         %sql  NAME                       (switch the default connection)
 
-        Options: -c/--connection NAME, -f/--format pandas|arrow|polars, -n/--limit ROWS,
-        -w/--wait SECONDS (wait for approval), --approval ID, --no-raise, -q/--quiet,
-        -l/--connections. {{var}} and :var are bound parameters ($1..$n), never text.
+        Options: --connection NAME, --format pandas|arrow|polars, --limit ROWS,
+        --wait SECONDS (wait for approval), --approval ID, --no-raise, -q/--quiet,
+        -l/--connections; JupySQL's -S/--save NAME, -w/--with NAME, -N/--no-execute,
+        -f/--file PATH. {{var}} and :var are bound parameters ($1..$n), never text
+        ({{var}} after FROM/JOIN/INTO/UPDATE/TABLE is a table name: docs/kernel.md).
         """
         if cell is not None and not cell.strip() and not line.strip():
             return None
@@ -189,13 +195,13 @@ class SqlMagic(Magics):
         session = self.session
         if parsed.list_connections:
             return self._connections_report(session)
-        if parsed.switch_only:
+        if parsed.switch_only and not parsed.file:
+            jupysql.refuse_engine_variable(self, str(parsed.connection), lambda: session.known_connections() or [])
             self._connection = parsed.connection
             self._note(f"warden: using connection {parsed.connection}")
             return None
-        if not parsed.sql.strip():
+        if not parsed.sql.strip() and not parsed.file:
             raise MagicSyntaxError("no SQL to run: write it in the cell body (%%sql) or after the options (%sql)")
-        connection = self._pick_connection(parsed, session)
         user_ns = self.shell.user_ns if self.shell is not None else {}
 
         def lookup(name: str) -> Any:
@@ -203,7 +209,13 @@ class SqlMagic(Magics):
                 return local_ns[name]
             return user_ns[name]
 
-        bound = bind(parsed.sql, lookup)
+        sql = jupysql.prepare_sql(self, parsed, lookup)  # --file, templates, snippets
+        if sql is None:
+            return None  # --save --no-execute
+        if parsed.connection:
+            jupysql.refuse_engine_variable(self, parsed.connection, lambda: session.known_connections() or [])
+        connection = self._pick_connection(parsed, session)
+        bound = bind(sql, lookup)
         client = self._client(session)
         result, stream = self._run_with_approval(client, session, connection, bound, parsed)
         return self._deliver(result, stream, session, connection, parsed)
@@ -412,7 +424,7 @@ class SqlMagic(Magics):
             info = statement_info(result, st, stream.statement_meta.get(st.index, {}), connection=connection, cell_run_id=cell_run_id)
             infos.append(info)
             if st.table is not None:
-                outputs.append(to_output(st.table, info, fmt))
+                outputs.append(jupysql.shape_output(self, to_output(st.table, info, fmt), parsed.format is not None))
             else:
                 outputs.append(StatementOutcome(st.kind, st.rowcount, info))
         if self.shell is not None:
@@ -420,6 +432,8 @@ class SqlMagic(Magics):
         if not outputs:
             return None
         last, info = outputs[-1], infos[-1]
+        if jupysql.assign_columns(self, last):
+            return None  # column_local_vars: the columns are variables now (JupySQL)
         if parsed.target:
             if self.shell is not None:
                 self.shell.user_ns[parsed.target] = last
@@ -488,6 +502,8 @@ class SqlMagic(Magics):
             ("groups", ", ".join(me.get("groups", [])) or "-"),
             ("roles", ", ".join(me.get("roles", [])) or "none"),
             ("approver", "yes" if me.get("approver") else "no"),
+            ("auditor", ("yes (your own log: local mode)" if me.get("mode") == "local" else "yes") + " — %%sql audit"
+             if me.get("auditor") else "no"),
             ("connections", ", ".join(me.get("connections", [])) or "-"),
             ("mode", str(me.get("mode", ""))),
             ("gateway", f"{me.get('gateway_id', '')} at {client.where}"),
@@ -551,7 +567,7 @@ class SqlMagic(Magics):
             display({"text/plain": text, "text/html": f'<div style="font-size:11px;color:#555">{show.esc(text)}</div>'}, raw=True)
 
     def displayed_rows(self) -> int:
-        limit = int(self.displaylimit)
+        limit = int(self.displaylimit or 0)  # None (JupySQL: no limit) is 0
         return 10_000 if limit <= 0 else min(limit, 10_000)
 
 

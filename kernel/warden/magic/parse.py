@@ -1,8 +1,14 @@
 """Parsing the ``%%sql`` / ``%sql`` line: the syntax a JupySQL user knows.
 
-    %%sql [NAME] [VAR <<] [options]         SQL in the cell body
+    %%sql [NAME] [VAR <<] [options] [SQL]   SQL in the cell body (it may start on this line)
+    %%sql [NAME] [options]                  with ``VAR <<`` alone on the body's first line
     %sql  [NAME] [VAR <<] [options] SQL     one line
     %sql  NAME                              switch the default connection
+
+``VAR = <<`` is the same as ``VAR <<``. The short flags mean what they mean in JupySQL
+(``-S`` save, ``-w`` with, ``-N`` no-execute, ``-f`` file, ``-l`` connections; ``-c``,
+``-p``, ``-P``, ``-n``, ``-a``, ``-A``, ``-x``, ``-s`` are refused with the reason); warden's
+own options have long names only (``--connection``, ``--format``, ``--limit``, ``--wait``).
 
 ``NAME`` is a connection name from the gateway's policy, never a connection string:
 credentials live in the gateway's configuration (the policy's ``dsn_env``/``dsn_file``).
@@ -28,7 +34,9 @@ SQL_START_WORDS = frozenset(
 )
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*")
-_TARGET = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*<<")
+_TARGET = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*(?:=\s*)?<<")
+#: ``VAR <<`` (or ``VAR = <<``) alone on the first line of a cell body (JupySQL allows it)
+_BODY_TARGET = re.compile(r"\A[ \t]*(?:\r?\n)*[ \t]*([A-Za-z_][A-Za-z0-9_]*)[ \t]*(?:=[ \t]*)?<<[ \t]*(?:\r?\n|\Z)")
 _URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.\-]*://")
 #: scheme://user:password@ — a URL carrying a password (the password may be empty).
 _URL_WITH_PASSWORD = re.compile(r"\b([A-Za-z][A-Za-z0-9+.\-]*)://([^\s/:@'\"]+):([^\s@'\"]*)@")
@@ -70,6 +78,10 @@ class MagicLine:
     approval_id: str | None = None
     quiet: bool = False
     list_connections: bool = False
+    save: str | None = None  # -S/--save NAME: keep this query as a snippet
+    with_: tuple[str, ...] = ()  # -w/--with NAME (repeatable): snippets to put in front as CTEs
+    no_execute: bool = False  # -N/--no-execute: only save
+    file: str | None = None  # -f/--file PATH: the SQL comes from this file (the kernel reads it)
 
     @property
     def switch_only(self) -> bool:
@@ -77,29 +89,40 @@ class MagicLine:
         return bool(self.connection) and not self.sql.strip() and not self.list_connections
 
 
-_FLAGS = {"--no-raise": "no_raise", "--quiet": "quiet", "-q": "quiet", "--connections": "list_connections", "-l": "list_connections"}
-_VALUED = {
-    "--connection": "connection", "-c": "connection",
-    "--format": "format", "-f": "format",
-    "--wait": "wait", "-w": "wait",
-    "--limit": "limit", "-n": "limit",
-    "--approval": "approval_id",
+_FLAGS = {
+    "--no-raise": "no_raise", "--quiet": "quiet", "-q": "quiet", "--connections": "list_connections", "-l": "list_connections",
+    "--no-execute": "no_execute", "-N": "no_execute",
 }  # fmt: skip
+_VALUED = {
+    "--connection": "connection",
+    "--format": "format",
+    "--wait": "wait",
+    "--limit": "limit",
+    "--approval": "approval_id",
+    "--save": "save", "-S": "save",
+    "--with": "with_", "-w": "with_",
+    "--file": "file", "-f": "file",
+}  # fmt: skip
+_GATEWAY_OWNS = "the gateway owns every database connection; name one of its connections (`%sql --connections` lists them)"
+_PERSIST = (
+    "writing a DataFrame into a database is not supported yet: it would be a write through the "
+    "gateway decided like an INSERT (docs/kernel.md, JupySQL compatibility). Nothing was written"
+)
 _UNSUPPORTED = {
     "--alias": "connection aliases come from the gateway's policy, not from the notebook",
     "-A": "connection aliases come from the gateway's policy, not from the notebook",
-    "--creator": "the gateway owns every database connection",
-    "--close": "the gateway owns every database connection",
-    "-x": "the gateway owns every database connection",
-    "--persist": "writing DataFrames into the database is not supported",
-    "--persist-replace": "writing DataFrames into the database is not supported",
-    "--append": "writing DataFrames into the database is not supported",
-    "--file": "run SQL from the cell, where it is audited with the cell",
-}
+    "--creator": _GATEWAY_OWNS, "-c": "-c is JupySQL's --creator; " + _GATEWAY_OWNS + " (warden's option is --connection NAME)",
+    "--close": _GATEWAY_OWNS, "-x": _GATEWAY_OWNS,
+    "--section": _GATEWAY_OWNS, "-s": "-s is JupySQL's --section (a DSN file); " + _GATEWAY_OWNS,
+    "--connection_arguments": _GATEWAY_OWNS, "--connection-arguments": _GATEWAY_OWNS, "-a": "-a is JupySQL's --connection_arguments; " + _GATEWAY_OWNS,
+    "--persist": _PERSIST, "-p": _PERSIST, "--persist-replace": _PERSIST, "-P": _PERSIST, "--append": _PERSIST,
+    "--no-index": _PERSIST, "-n": "-n is JupySQL's --no-index (with --persist); " + _PERSIST + " (warden's row limit is --limit ROWS)",
+    "--interact": "interactive widgets are not supported: bind the widget's value with {{var}} and re-run the cell",
+}  # fmt: skip
 OPTIONS_HELP = (
-    "options: NAME (connection), VAR << (assign), -c/--connection NAME, -f/--format "
-    "pandas|arrow|polars, -n/--limit ROWS, -w/--wait SECONDS, --approval ID, --no-raise, "
-    "-q/--quiet, -l/--connections"
+    "options: NAME (connection), VAR << (assign), --connection NAME, --format pandas|arrow|polars, "
+    "--limit ROWS, --wait SECONDS, --approval ID, --no-raise, -q/--quiet, -l/--connections, "
+    "-S/--save NAME, -w/--with NAME, -N/--no-execute, -f/--file PATH"
 )
 
 
@@ -162,7 +185,10 @@ def parse_magic(line: str, cell: str | None = None) -> MagicLine:
                     value, pos = line[vstart:vend], vend
                 if not value:
                     raise MagicSyntaxError(f"{name} needs a value. {OPTIONS_HELP}")
-                values[_VALUED[name]] = _convert(name, value)
+                if _VALUED[name] == "with_":  # repeatable, as in JupySQL
+                    values["with_"] = (*values.get("with_", ()), _convert(name, value))  # type: ignore[misc]
+                else:
+                    values[_VALUED[name]] = _convert(name, value)
                 continue
             raise MagicSyntaxError(f"unknown option {name}. {OPTIONS_HELP}")
         if (
@@ -179,11 +205,17 @@ def parse_magic(line: str, cell: str | None = None) -> MagicLine:
     if cell is None:
         sql = rest
     else:
-        if rest:
-            raise MagicSyntaxError(
-                f"unexpected {rest.split()[0]!r} on the %%sql line; the SQL goes in the cell body. {OPTIONS_HELP}"
-            )
-        sql = cell
+        if rest.startswith("-"):
+            raise MagicSyntaxError(f"unknown option {rest.split()[0]!r}. {OPTIONS_HELP}")
+        body = cell
+        found = _BODY_TARGET.match(body) if not rest else None
+        if found is not None:
+            if "target" in values:
+                raise MagicSyntaxError(f"two assignment targets: {values['target']} << and {found.group(1)} <<; write one")
+            values["target"] = found.group(1)
+            body = body[found.end() :]
+        # SQL may start on the %%sql line and go on in the body (JupySQL allows it).
+        sql = f"{rest}\n{body}" if rest and body.strip() else (rest or body)
     return MagicLine(sql=sql, **values)  # type: ignore[arg-type]
 
 
@@ -193,11 +225,15 @@ def _rest_starts_assignment(line: str, end: int) -> bool:
 
 
 def _convert(name: str, value: str) -> object:
-    if name in ("--format", "-f"):
+    if name in ("--save", "-S", "--with", "-w"):
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+            raise MagicSyntaxError(f"{name} takes a snippet name (letters, digits, _), not {value!r}")
+        return value
+    if name == "--format":
         if value not in FORMATS:
             raise MagicSyntaxError(f"--format must be one of {', '.join(FORMATS)}, not {value!r}")
         return value
-    if name in ("--wait", "-w"):
+    if name == "--wait":
         try:
             seconds = float(value)
         except ValueError:
@@ -205,7 +241,7 @@ def _convert(name: str, value: str) -> object:
         if seconds < 0 or seconds != seconds:
             raise MagicSyntaxError("--wait must be 0 or more seconds")
         return seconds
-    if name in ("--limit", "-n"):
+    if name == "--limit":
         try:
             rows = int(value)
         except ValueError:
@@ -213,7 +249,7 @@ def _convert(name: str, value: str) -> object:
         if rows < 0:
             raise MagicSyntaxError("--limit must be 0 (no limit) or more rows")
         return rows
-    if name in ("--connection", "-c"):
+    if name == "--connection":
         if not _IDENT.fullmatch(value):
             raise CredentialsInCell(CONNECTION_STRING_MESSAGE) if "/" in value or ":" in value else MagicSyntaxError(
                 f"{value!r} is not a connection name"

@@ -1,0 +1,199 @@
+"""JupySQL compatibility (issue 13): cells written as JupySQL's documentation writes them,
+run in a real warden kernel (jupyter_client) against a real gateway (OIDC, real
+PostgreSQL ``pg`` and DuckDB ``dk``). Each test checks the result, not only the status.
+
+Sources of the examples: JupySQL's docs, api/magic-sql.md (result API, --save/--with,
+--file, templated and programmatic queries), api/configuration.md (SqlMagic settings),
+compose.md (snippets that use snippets), howto (``x <<``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from test_kernel import Kernel, all_text, analyst, gateway, issuer, kernelspec, pg_data  # noqa: F401 - fixtures
+
+
+def ok(k: Kernel, code: str) -> str:
+    reply, outputs = k.run(code)
+    assert reply["status"] == "ok", (reply, all_text(outputs))
+    return all_text(outputs)
+
+
+def fails(k: Kernel, code: str) -> str:
+    reply, outputs = k.run(code)
+    assert reply["status"] == "error", all_text(outputs)
+    return all_text(outputs)
+
+
+@pytest.fixture(scope="module")
+def jk(analyst: Kernel, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kernel]:  # noqa: F811 - the imported fixture
+    where = tmp_path_factory.mktemp("jupysql")
+    ok(analyst, f"import os; os.chdir({str(where)!r})")
+    yield analyst
+
+
+# -- 2. %load_ext sql, %jupysql, nothing replaces warden's %sql ------------------------------
+
+
+def test_load_ext_sql_keeps_warden_and_says_so(jk: Kernel) -> None:
+    text = ok(jk, "%load_ext sql")
+    assert "warden kernel" in text and "already loaded" in text
+    ok(jk, "%reload_ext sql")
+    ok(jk, "n = %sql dk SELECT count(*) AS n FROM orders")
+    assert jk.eval_json("int(n['n'][0])") == 20
+    # JupySQL's alias
+    ok(jk, "%%jupysql dk\nr_alias <<\nSELECT max(amount) AS m FROM orders")
+    assert jk.eval_json("float(r_alias['m'][0])") == 30.0
+
+
+def test_another_sql_magic_cannot_replace_wardens(jk: Kernel) -> None:
+    code = (
+        "from IPython.core.magic import Magics, magics_class, line_cell_magic\n"
+        "@magics_class\nclass Other(Magics):\n"
+        "    @line_cell_magic\n    def sql(self, line, cell=None):\n        return 'other'\n"
+        "get_ipython().register_magics(Other)\n"
+        "get_ipython().register_magic_function(lambda line: 'other', 'line', 'sql')\n"
+    )
+    text = ok(jk, code)
+    assert "tried to replace" in text and "%sql" in text and "warden's stay" in text
+    ok(jk, "one = %sql dk SELECT 1 AS one")
+    assert jk.eval_json("[int(one['one'][0]), 'warden' in one.attrs]") == [1, True]
+
+
+# -- 1. the result-set API ---------------------------------------------------------------------
+
+
+def test_result_set_api(jk: Kernel) -> None:
+    ok(jk, "result = %sql dk SELECT id, amount, region FROM orders ORDER BY id LIMIT 3")
+    assert jk.eval_json("result[0]") == [1, 11.0, "emea"]
+    assert jk.eval_json("result[-1]") == [3, 13.0, "emea"]
+    assert jk.eval_json("result.dict()") == {"id": [1, 2, 3], "amount": [11.0, 12.0, 13.0], "region": ["emea", "amer", "emea"]}
+    assert jk.eval_json("list(result.dicts())")[1] == {"id": 2, "amount": 12.0, "region": "amer"}
+    assert jk.eval_json("result.csv()").splitlines() == ["id,amount,region", "1,11.0,emea", "2,12.0,amer", "3,13.0,emea"]
+    # DataFrame(): a plain pandas DataFrame that still says what the gateway did
+    assert jk.eval_json("[type(result.DataFrame()).__name__, result.DataFrame().attrs['warden']['connection'], "
+                        "bool(result.DataFrame().attrs['warden']['event_id'])]") == ["DataFrame", "dk", True]  # fmt: skip
+    assert jk.eval_json("[type(result.PolarsDataFrame()).__module__.split('.')[0], result.PolarsDataFrame().shape]") == ["polars", [3, 3]]
+    # today's DataFrame behaviour stays: columns, pandas methods, attrs
+    assert jk.eval_json("[result['amount'].sum(), result.shape, 'warden' in result.head(1).attrs]") == [36.0, [3, 3], True]
+
+
+def test_csv_to_a_file(jk: Kernel) -> None:
+    text = ok(jk, "result = %sql dk SELECT id FROM orders ORDER BY id LIMIT 2\nresult.csv(filename='my_data.csv')")
+    assert "CSV results at my_data.csv" in text
+    assert jk.eval_json("open('my_data.csv').read().splitlines()") == ["id", "1", "2"]
+
+
+def test_result_set_of_masked_columns_stays_masked(jk: Kernel) -> None:
+    ok(jk, "masked = %sql pg SELECT id, email FROM customers ORDER BY id")
+    assert jk.eval_json("masked[0][1]") == "****@analytical.example"
+    assert jk.eval_json("list(masked.DataFrame().attrs['warden']['masked'])") == ["email"]
+    assert "ada@" not in jk.eval_json("masked.csv()")
+
+
+# -- 3. composing queries -------------------------------------------------------------------------
+
+
+def test_save_no_execute_then_with(jk: Kernel) -> None:
+    text = ok(jk, "%%sql dk --save larger_than_20 --no-execute\nSELECT id, amount FROM orders WHERE amount > 20")
+    assert "saved snippet larger_than_20" in text
+    ok(jk, "%%sql dk --with larger_than_20\nr <<\nSELECT count(*) AS n FROM larger_than_20 WHERE amount < 25")
+    assert jk.eval_json("int(r['n'][0])") == 4
+    # short flags, and a snippet that uses a snippet, expanded without --with
+    ok(jk, "%%sql dk -S top -N\nSELECT * FROM larger_than_20 WHERE amount >= 28")
+    ok(jk, "top_rows = %sql dk SELECT id FROM top ORDER BY id")
+    assert jk.eval_json("top_rows['id'].tolist()") == [18, 19, 20]
+    # a cell with its own WITH gets the snippets added to its list
+    ok(jk, "%%sql dk\nw <<\nWITH mine AS (SELECT id FROM top) SELECT count(*) AS n FROM mine")
+    assert jk.eval_json("int(w['n'][0])") == 3
+
+
+def test_the_gateway_decides_on_the_expanded_sql(jk: Kernel) -> None:
+    # The snippet reads a table the policy denies: saving runs nothing, using it is denied.
+    ok(jk, "%%sql pg --save tokens --no-execute\nSELECT token FROM secrets")
+    text = fails(jk, "%sql pg SELECT count(*) FROM tokens")
+    assert "Denied" in text and "secrets" in text
+    assert "tok-should-never-leak" not in text
+
+
+def test_with_unknown_snippet_is_a_clear_error(jk: Kernel) -> None:
+    text = fails(jk, "%%sql dk --with nothing_saved\nSELECT 1")
+    assert "no snippet of that name" in text
+
+
+# -- 5. cell syntax -----------------------------------------------------------------------------
+
+
+def test_cell_syntax(jk: Kernel) -> None:
+    ok(jk, "%%sql dk\nfirst <<\nSELECT min(id) AS m FROM orders")
+    assert jk.eval_json("int(first['m'][0])") == 1
+    ok(jk, "%%sql dk second = <<\nSELECT max(id) AS m FROM orders")
+    assert jk.eval_json("int(second['m'][0])") == 20
+    ok(jk, "%%sql dk third << SELECT count(*) AS n\nFROM orders\nWHERE region = 'emea'")
+    assert jk.eval_json("int(third['n'][0])") == 10
+
+
+def test_file(jk: Kernel) -> None:
+    ok(jk, "from pathlib import Path\nPath('my-query.sql').write_text('SELECT id FROM orders\\nORDER BY id\\nLIMIT 3\\n')")
+    ok(jk, "from_file = %sql dk --file my-query.sql")
+    assert jk.eval_json("from_file['id'].tolist()") == [1, 2, 3]
+    ok(jk, "%%sql dk -f my-query.sql\nshort <<")
+    assert jk.eval_json("len(short)") == 3
+    assert "no such file" in fails(jk, "%sql dk -f missing.sql")
+
+
+def test_templates_names_and_values(jk: Kernel) -> None:
+    ok(jk, "table = 'orders'\nregion = \"emea' OR '1'='1\"")
+    # {{table}} after FROM is a name; {{region}} is a bound value (the hostile text stays text)
+    ok(jk, "t = %sql dk SELECT count(*) AS n FROM {{table}} WHERE region = {{region}}")
+    assert jk.eval_json("int(t['n'][0])") == 0
+    ok(jk, "region = 'emea'\nt = %sql dk SELECT count(*) AS n FROM {{table}} WHERE region = {{region}}")
+    assert jk.eval_json("int(t['n'][0])") == 10
+    # programmatic SQL: the whole query is the variable (JupySQL's `%sql {{QUERY}}`)
+    ok(jk, "QUERY = 'SELECT id FROM orders ORDER BY id LIMIT 2'\nq = %sql dk {{QUERY}}")
+    assert jk.eval_json("q['id'].tolist()") == [1, 2]
+    # a "name" that is not a name is never pasted
+    ok(jk, "table = 'orders; DROP TABLE orders'")
+    assert "must hold a table name" in fails(jk, "%sql dk SELECT * FROM {{table}}")
+
+
+# -- 6. configuration ------------------------------------------------------------------------------
+
+
+def test_jupysql_settings(jk: Kernel) -> None:
+    text = ok(jk, "%config SqlMagic.displaylimit = None\n%config SqlMagic.autolimit = None")
+    assert "not recognized" not in text
+    assert jk.eval_json("[get_ipython().find_magic('sql').__self__.displaylimit, get_ipython().find_magic('sql').__self__.autolimit]") == [0, 0]
+    ok(jk, "%config SqlMagic.displaylimit = 10")
+    for setting in ("named_parameters = True", "autocommit = False", "displaycon = False", "style = 'PLAIN_COLUMNS'"):
+        text = ok(jk, f"%config SqlMagic.{setting}")
+        assert "accepted:" in text and "not recognized" not in text, setting
+    ok(jk, "%config SqlMagic.autopandas = True\np = %sql dk SELECT 1 AS one")
+    assert jk.eval_json("[type(p).__name__, hasattr(p, 'dicts'), 'warden' in p.attrs]") == ["DataFrame", False, True]
+    text = ok(jk, "%config SqlMagic.autopolars = True\npl_res = %sql dk SELECT 1 AS one")
+    assert "turned autopandas off" in text
+    assert jk.eval_json("type(pl_res).__module__.split('.')[0]") == "polars"
+    ok(jk, "%config SqlMagic.autopolars = False\n%config SqlMagic.polars_dataframe_kwargs = {'schema_overrides': {'id': __import__('polars').Float64}}")
+    ok(jk, "r1 = %sql dk SELECT id FROM orders LIMIT 1")
+    assert jk.eval_json("str(r1.PolarsDataFrame().dtypes[0])") == "Float64"
+    ok(jk, "%config SqlMagic.column_local_vars = True\n%sql dk SELECT id AS col_id, amount AS col_amount FROM orders ORDER BY id LIMIT 2")
+    assert jk.eval_json("[list(col_id), list(col_amount)]") == [[1, 2], [11.0, 12.0]]
+    ok(jk, "%config SqlMagic.column_local_vars = False")
+
+
+# -- 8. a Python engine is not a warden connection --------------------------------------------------
+
+
+def test_engine_variable_is_refused_at_once(jk: Kernel) -> None:
+    text = fails(jk, "import sqlite3\nengine = sqlite3.connect(':memory:')\n%sql engine")
+    assert "`engine` is a Python variable holding a sqlite3.Connection" in text
+    assert "dk" in text and "pg" in text
+
+
+def test_jupysql_only_flags_are_refused_with_the_reason(jk: Kernel) -> None:
+    assert "gateway decided like an INSERT" in fails(jk, "import pandas as pd\nmy_data = pd.DataFrame({'x': [1]})\n%sql dk --persist my_data")
+    assert "--creator" in fails(jk, "%sql -c func")
+
