@@ -100,7 +100,7 @@ c.JupyterHub.services.append({{"name": "test-admin", "api_token": {self.admin_to
 c.JupyterHub.load_roles.append({{
     "name": "test-admin",
     "scopes": ["admin:users", "admin:servers", "admin:server_state", "tokens", "list:users", "read:users",
-               "read:services", "read:roles", "access:servers"],
+               "read:services", "read:roles", "access:servers", "groups"],
     "services": ["test-admin"],
 }}){root_args}
 {self.extra_config}

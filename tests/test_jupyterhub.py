@@ -182,6 +182,19 @@ def test_a_revoked_hub_token_stops_working_within_the_cache_window(deployment: D
     assert time.monotonic() - started <= 2 + 3  # hub_cache_seconds (2) plus a loaded machine's round trips
 
 
+def test_a_change_of_hub_groups_reaches_the_policy_within_the_cache_window(deployment: Deployment) -> None:
+    hub = deployment.hub
+    assert hub.api("POST", "/users/dave").status_code == 201
+    assert hub.api("POST", "/groups/analysts/users", json={"users": ["dave"]}).status_code == 200
+    token, _ = hub.new_token("dave", [ACCESS])
+    with deployment.client(token) as c:
+        assert (c.whoami()["groups"], c.whoami()["roles"]) == (["analysts"], ["analyst"])
+        assert hub.api("DELETE", "/groups/analysts/users", json={"users": ["dave"]}).status_code == 200
+        assert hub.api("POST", "/groups/eng/users", json={"users": ["dave"]}).status_code == 200
+        moved = wait_for(lambda: c.whoami()["roles"] == ["engineer"], timeout=10, what="dave's new group")
+    assert moved
+
+
 def test_the_cache_never_outlives_the_token(deployment: Deployment) -> None:
     hub = deployment.hub
     verifier = HubTokenVerifier(HubAuthConfig(api_url=hub.api_url, service_token=hub.service_token, cache_seconds=3600))

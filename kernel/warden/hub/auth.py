@@ -141,8 +141,8 @@ class HubTokenVerifier:
         return model
 
     def _identity(self, model: Mapping[str, Any]) -> Identity:
-        kind = model.get("kind", "user")
-        if kind != "user":
+        kind = model.get("kind")
+        if kind != "user":  # fail closed: an answer without a kind is not a user's
             raise AuthError(
                 "invalid-credentials",
                 f"a Hub {kind!s:.20} token is not accepted; service accounts use OIDC client credentials",
