@@ -1,7 +1,8 @@
 """warden on a real JupyterHub (issue 10): the Hub is started with `warden hub-config`'s
-fragment, a real gateway runs beside it as the Hub service ``warden`` (auth.mode:
-jupyterhub, plus the test OIDC issuer for service accounts), and users' Hub tokens are
-the only credentials the kernels' side ever holds."""
+fragment and runs a real gateway as its managed service ``warden`` (auth.mode:
+jupyterhub, plus the test OIDC issuer for service accounts); users' Hub tokens are the
+only credentials the kernels' side ever holds. The external-service variant (a gateway
+under its own OS user with a token file) runs in benchmarks/bench_hub.py."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import pytest
 import yaml
 from traitlets.config import Config
 
-from gateway_harness import POLICY, GatewayProcess, seed_duckdb
+from gateway_harness import POLICY, seed_duckdb
 from hub_harness import HubProcess, KernelSession, wait_for
 from oidc_issuer import OIDCIssuer
 from pgserver import free_port
@@ -39,62 +40,79 @@ HELD_SQL = "SELECT name FROM customers WHERE email = 'ada@analytical.example'"
 @dataclass
 class Deployment:
     hub: HubProcess
-    gateway: GatewayProcess
+    gateway_url: str
+    gateway_config: Path
     issuer: OIDCIssuer
     tokens: dict[str, str]  # user -> a Hub token with the warden scope
 
     def client(self, user_or_token: str) -> GatewayClient:
-        return GatewayClient(self.gateway.url, token=self.tokens.get(user_or_token, user_or_token), timeout=30)
+        return GatewayClient(self.gateway_url, token=self.tokens.get(user_or_token, user_or_token), timeout=30)
 
 
-def hub_config_fragment(workdir: Path, gateway_url: str, service_token_file: Path) -> str:
+def hub_config_fragment(workdir: Path, gateway_url: str, gateway_config: Path) -> str:
     """What an admin runs: `warden hub-config ...` (the real command line)."""
     out = subprocess.run(
         [sys.executable, "-m", "warden.cli", "hub-config", "--gateway-url", gateway_url,
-         "--service-token-file", str(service_token_file), "--kernelspec-prefix", str(workdir / "kernels")],
+         "--gateway-config", str(gateway_config), "--kernelspec-prefix", str(workdir / "kernels")],
         check=True, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     return out.stdout
 
 
+def _pids_running(marker: str) -> list[int]:
+    """Our own processes whose command line holds ``marker`` (a unique temp path)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(url + "/v1/health", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    """The README's path: the Hub runs the gateway as its managed service `warden` (its
+    own process and state) and hands it JUPYTERHUB_API_URL, _TOKEN and _SERVICE_NAME;
+    the gateway's config names nothing of the Hub. The test OIDC issuer is there for
+    service accounts."""
     root = tmp_path_factory.mktemp("hub")
     (root / "hub").mkdir()
     (root / "gw").mkdir()
     issuer = OIDCIssuer(audience="warden").start()
     issuer.register_client("etl-bot", "etl-secret", groups=["eng"])
-    hub = HubProcess(root / "hub", fragment="", groups=GROUPS, hub_port=free_port())
-    gateway: GatewayProcess | None = None
+    hub = HubProcess(root / "hub", fragment="", groups=GROUPS)
+    gw_config = root / "gw" / "gateway.yaml"
     try:
-        # The gateway first, as its own process with its own state; it reaches the Hub
-        # API lazily, so it only needs the Hub's (pre-chosen) port.
         seed_duckdb(root / "gw" / "data.duckdb")
         policy = json.loads(json.dumps(POLICY))
         policy["connections"] = {"dk": policy["connections"]["dk"]}  # no PostgreSQL needed here
         (root / "gw" / "policy.yaml").write_text(yaml.safe_dump(policy))
-        config = {
+        port = free_port()
+        gw_config.write_text(yaml.safe_dump({
             "gateway_id": "gw-hub", "mode": "shared", "policy": "policy.yaml", "state_dir": "state",
-            "auth": {"mode": "jupyterhub", "hub_api_url": hub.api_url, "hub_cache_seconds": 2,
-                     "issuer": issuer.issuer, "audience": "warden"},
-        }  # fmt: skip
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("WARDEN_", "JUPYTERHUB_"))}
-        env["JUPYTERHUB_API_TOKEN"] = hub.service_token  # the gateway is the Hub service 'warden'
-        gateway = GatewayProcess(root / "gw", env, config)
-        # Both start at once (each takes seconds): the gateway picks its port first thing,
-        # and the Hub is configured by what an admin would paste, `warden hub-config`.
-        with ThreadPoolExecutor(1) as pool:
-            starting = pool.submit(gateway.start)
-            wait_for(lambda: gateway.port or starting.done(), timeout=10, what="the gateway's port", interval=0.01)
-            hub.fragment = hub_config_fragment(root / "hub", gateway.url, hub.service_token_file)
-            hub.start()
-            starting.result(timeout=60)
+            "listen": {"host": "127.0.0.1", "port": port},
+            "auth": {"mode": "jupyterhub", "hub_cache_seconds": 2, "issuer": issuer.issuer, "audience": "warden"},
+        }))  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        hub.fragment = hub_config_fragment(root / "hub", url, gw_config)
+        hub.start()
+        wait_for(lambda: _healthy(url), timeout=45, what="the Hub-managed gateway", interval=0.2)
         tokens = {user: hub.new_token(user, [ACCESS])[0] for users in GROUPS.values() for user in users}
-        yield Deployment(hub, gateway, issuer, tokens)
+        yield Deployment(hub, url, gw_config, issuer, tokens)
     finally:
-        if gateway is not None:
-            gateway.stop()
-        hub.stop()
+        hub.stop()  # the Hub stops its managed services
+        for pid in _pids_running(str(gw_config)):  # only if the Hub failed to
+            os.kill(pid, 9)
         issuer.stop()
 
 
@@ -130,7 +148,7 @@ def test_masks_differ_by_hub_group_and_the_audit_names_the_hub_user(deployment: 
 
 def test_a_token_of_alice_is_alice_whatever_the_request_claims(deployment: Deployment) -> None:
     forged = {"X-Forwarded-User": "bob", "X-Remote-User": "bob", "X-JupyterHub-User": "bob"}
-    r = httpx.get(deployment.gateway.url + "/v1/whoami", headers={"Authorization": f"Bearer {deployment.tokens['alice']}", **forged}, timeout=10)
+    r = httpx.get(deployment.gateway_url + "/v1/whoami", headers={"Authorization": f"Bearer {deployment.tokens['alice']}", **forged}, timeout=10)
     assert r.status_code == 200 and r.json()["subject"] == "alice"
     # Alice's held request is hers alone: Bob sees neither the request nor her events.
     with deployment.client("alice") as a, pytest.raises(Held) as held:
@@ -155,7 +173,7 @@ def test_tokens_without_the_warden_scope_or_of_a_service_are_refused_and_audited
         "0" * 32: "auth/invalid-credentials",  # a token the Hub never issued
     }
     for token, code in cases.items():
-        r = httpx.get(deployment.gateway.url + "/v1/whoami", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        r = httpx.get(deployment.gateway_url + "/v1/whoami", headers={"Authorization": f"Bearer {token}"}, timeout=10)
         assert (r.status_code, r.json()["error"]["code"]) == (401, code), r.text
         assert token not in r.text
     with deployment.client("carol") as auditor:
@@ -197,7 +215,8 @@ def test_a_change_of_hub_groups_reaches_the_policy_within_the_cache_window(deplo
 
 def test_the_cache_never_outlives_the_token(deployment: Deployment) -> None:
     hub = deployment.hub
-    verifier = HubTokenVerifier(HubAuthConfig(api_url=hub.api_url, service_token=hub.service_token, cache_seconds=3600))
+    # A service token that may read token expiries (the test-admin service has `tokens`).
+    verifier = HubTokenVerifier(HubAuthConfig(api_url=hub.api_url, service_token=hub.admin_token, cache_seconds=3600))
     try:
         before = time.time()
         token, _ = hub.new_token("alice", [ACCESS], expires_in=5)
@@ -236,7 +255,7 @@ def test_service_accounts_keep_working_through_oidc_beside_the_hub(deployment: D
         who = c.whoami()
     assert (who["subject"], who["kind"], who["groups"]) == ("etl-bot", "service", ["eng"])
     forged = deployment.issuer.stranger_key().sign({"alg": "RS256", "kid": "x"}, deployment.issuer.claims(sub="alice"))
-    r = httpx.get(deployment.gateway.url + "/v1/whoami", headers={"Authorization": f"Bearer {forged}"}, timeout=10)
+    r = httpx.get(deployment.gateway_url + "/v1/whoami", headers={"Authorization": f"Bearer {forged}"}, timeout=10)
     assert r.status_code == 401
 
 
@@ -339,9 +358,12 @@ def test_sql_cells_in_the_warden_kernel_of_each_users_server(deployment: Deploym
         # The servers' environments: the gateway's URL and the server's own Hub token;
         # no database credential, no gateway secret.
         alice_env = _server_env(hub, "alice")
-        assert alice_env["WARDEN_GATEWAY_URL"] == deployment.gateway.url
+        assert alice_env["WARDEN_GATEWAY_URL"] == deployment.gateway_url
         assert [k for k in alice_env if "DSN" in k or k in ("WARDEN_TOKEN", "WARDEN_CLIENT_SECRET", "PGPASSWORD")] == []
-        assert hub.service_token not in json.dumps(alice_env)
+        (gateway_pid,) = _pids_running(str(deployment.gateway_config))
+        gateway_env = Path(f"/proc/{gateway_pid}/environ").read_bytes().split(b"\0")
+        (gateway_token,) = [e.split(b"=", 1)[1].decode() for e in gateway_env if e.startswith(b"JUPYTERHUB_API_TOKEN=")]
+        assert gateway_token and gateway_token not in json.dumps(alice_env)  # the gateway's Hub token stays with it
         # Its token carries the warden scope (Spawner.server_token_scopes) ...
         server_tokens = [t for t in hub.api("GET", "/users/alice/tokens").json()["api_tokens"] if "Server at" in (t.get("note") or "")]
         assert server_tokens and ACCESS in server_tokens[0]["scopes"]
@@ -356,3 +378,4 @@ def test_sql_cells_in_the_warden_kernel_of_each_users_server(deployment: Deploym
             kernel.close()
         for user in ("alice", "bob"):
             hub.api("DELETE", f"/users/{user}/server")
+
