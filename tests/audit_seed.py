@@ -48,7 +48,7 @@ class SeededLog:
         return GatewayClient(self.gateway.url, token=self.token(sub, groups, **claims))
 
 
-def start_gateway(workdir: Path, issuer: OIDCIssuer, *, capture: str = "sample:3") -> GatewayProcess:
+def start_gateway(workdir: Path, issuer: OIDCIssuer, *, capture: str = "sample:3", audit_dsn: str | None = None) -> GatewayProcess:
     seed_duckdb(workdir / "data.duckdb")
     policy = yaml.safe_load(yaml.safe_dump(POLICY))
     del policy["connections"]["pg"]
@@ -62,7 +62,11 @@ def start_gateway(workdir: Path, issuer: OIDCIssuer, *, capture: str = "sample:3
         "audit": {"checkpoint_file": "checkpoints.jsonl", "checkpoint_every": 10},
         "auth": {"mode": "oidc", "issuer": issuer.issuer, "audience": "warden", "attribute_claims": ["region"]},
     }
-    return GatewayProcess(workdir, dict(os.environ), config).start()
+    env = dict(os.environ)
+    if audit_dsn:  # the PostgreSQL store (replicas) instead of the embedded DuckDB one
+        config["audit"] = {"store_env": "WARDEN_AUDIT_DSN", "checkpoint_file": "checkpoints.jsonl", "checkpoint_every": 10}
+        env["WARDEN_AUDIT_DSN"] = audit_dsn
+    return GatewayProcess(workdir, env, config).start()
 
 
 def seed(gw: GatewayProcess, issuer: OIDCIssuer) -> SeededLog:

@@ -11,6 +11,7 @@ import pytest
 
 from audit_seed import SESSION, SeededLog, seed, start_gateway
 from oidc_issuer import OIDCIssuer
+from pgserver import PostgresServer
 from warden.audit.views import VIEW_COLUMNS, VIEW_SQL
 from warden.gateway.client import Denied, GatewayClient
 
@@ -138,3 +139,41 @@ def test_every_view_column_is_documented() -> None:
         assert m, f"docs/audit.md has no section for the view {view}"
         documented = set(re.findall(r"^\| `([a-z0-9_]+)` \|", m.group(1), re.M))
         assert documented == set(columns), (view, set(columns) ^ documented)
+
+
+# -- the PostgreSQL store: the same views in a read-only transaction ---------------------------
+
+
+@pytest.fixture(scope="module")
+def pg_seeded(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeededLog]:
+    with OIDCIssuer(audience="warden") as issuer:
+        gw = start_gateway(tmp_path_factory.mktemp("auditsqlpg"), issuer, audit_dsn=postgres.create_database(prefix="auditpg"))
+        try:
+            yield seed(gw, issuer)
+        finally:
+            gw.stop()
+
+
+@pytest.mark.parametrize("view", sorted(VIEW_SQL))
+def test_postgres_store_serves_every_view(pg_seeded: SeededLog, view: str) -> None:
+    with auditor(pg_seeded) as c:
+        result = c.run("audit", f"SELECT * FROM {view}")
+    assert result.last is not None and result.last.table is not None
+    assert tuple(result.last.table.column_names) == VIEW_COLUMNS[view]
+    assert result.last.table.num_rows > 0
+
+
+def test_postgres_store_answers_like_duckdb(pg_seeded: SeededLog) -> None:
+    with auditor(pg_seeded) as c:
+        email = rows(c, "SELECT subject, action, masked FROM objects WHERE column_name = 'main.customers.email' AND list_contains(classifications, 'pii.email')")
+        approvals = {r["decision"]: r for r in rows(c, "SELECT decision, approver, requester FROM approvals")}
+        mine = rows(c, "SELECT count(*) AS n FROM queries WHERE subject = 'ana' AND outcome = 'denied'")
+        reads = rows(c, "SELECT subject, sql FROM events WHERE type = 'audit.read' AND sql LIKE '%outcome = ''denied''%'")
+        with pytest.raises(Denied):
+            c.run("audit", "DELETE FROM events")
+        with pytest.raises(Denied):
+            c.run("audit", "SELECT * FROM audit_events")
+    assert {"subject": "ana", "action": "mask", "masked": True} in email
+    assert approvals["granted"]["approver"] == "olga" and approvals["rejected"]["requester"] == "eve"
+    assert mine == [{"n": 1}]
+    assert reads and reads[0]["subject"] == "aud"

@@ -3,7 +3,8 @@
 
 They are not created in the store (the store stays the gateway's append-only tables):
 each auditor query gets the views it names as CTEs in front of it (``with_views``),
-written in DuckDB SQL over ``audit_events``. ``VIEW_COLUMNS`` is what the analysis of an
+written in DuckDB SQL over ``audit_events`` (``VIEW_SQL``) and in PostgreSQL SQL for the
+PostgreSQL store (``VIEW_SQL_PG``, same columns). ``VIEW_COLUMNS`` is what the analysis of an
 auditor's query sees (a catalog of these views and nothing else) and what docs/audit.md
 documents, column by column (a test checks both against the SQL).
 """
@@ -128,6 +129,97 @@ VIEW_SQL: Final[dict[str, str]] = {
     "checkpoints": _CHECKPOINTS,
 }
 
+# The same views for the PostgreSQL store (JSON fields are text there too).
+_PG_QUERIES = f"""
+SELECT d.event_id AS query_event_id, d.correlation_id, d.chain_id, d.seq, d.event_time,
+       d.subject, d.session_id, d.notebook_path, d.cell_id, d.execution_count,
+       d.connection, d.dialect, d.statement_kinds, d.sql, d.fingerprint, d.action,
+       d.rule_ids, d.reasons, d.masks,
+       ARRAY(SELECT m ->> 'column' FROM jsonb_array_elements(coalesce(d.masks, '[]')::jsonb) m) AS masked_columns,
+       ARRAY(SELECT DISTINCT c FROM jsonb_array_elements(coalesce(d.masks, '[]')::jsonb) m,
+             jsonb_array_elements_text(coalesce(m -> 'classifications', '[]'::jsonb)) c) AS masked_classifications,
+       coalesce(d.approval_id, o.approval_id) AS approval_id,
+       coalesce(d.approver, o.approver) AS approver,
+       CASE WHEN d.type = 'query.denied' THEN 'denied'
+            WHEN d.type = 'query.held' THEN 'held'
+            WHEN o.type = 'query.executed' THEN 'success'
+            WHEN o.type = 'query.failed' THEN 'failure'
+            ELSE 'pending' END AS outcome,
+       o.error, o."rows", o."bytes", o.duration_ms, o.event_time AS finished_at,
+       o.event_id AS completion_event_id
+FROM audit_events d
+LEFT JOIN LATERAL (SELECT * FROM audit_events x WHERE x.chain_id = d.chain_id AND x.correlation_id = d.correlation_id
+                   AND x.seq > d.seq AND x.type IN ('query.executed', 'query.failed') ORDER BY x.seq LIMIT 1) o ON true
+WHERE d.type IN {_DECISIONS}
+"""
+
+_PG_OBJECTS = f"""
+WITH st AS (
+  SELECT e.event_id, e.correlation_id, e.event_time, e.subject, e.session_id, e.connection, e.action,
+         ARRAY(SELECT DISTINCT c FROM jsonb_array_elements(coalesce(e.masks, '[]')::jsonb) m,
+               jsonb_array_elements_text(coalesce(m -> 'classifications', '[]'::jsonb)) c) AS masked_classes,
+         o.value AS o
+  FROM audit_events e, jsonb_array_elements(coalesce(e.objects, '[]')::jsonb) o WHERE e.type IN {_DECISIONS}
+), cols AS (
+  SELECT st.*, c.key AS col, c.value AS uses,
+         ARRAY(SELECT jsonb_array_elements_text(coalesce(st.o -> 'classified' -> c.key, '[]'::jsonb))) AS classes
+  FROM st, jsonb_each(coalesce(st.o -> 'columns', '{{}}'::jsonb)) c
+)
+SELECT event_id, correlation_id, event_time, subject, session_id, connection, action,
+       (o ->> 'statement')::integer AS statement,
+       regexp_replace(col, '\\.[^.]*$', '') AS relation,
+       col AS column_name,
+       ARRAY(SELECT jsonb_array_elements_text(uses)) AS usages,
+       classes AS classifications,
+       classes && masked_classes AS masked
+FROM cols
+UNION ALL
+SELECT st.event_id, st.correlation_id, st.event_time, st.subject, st.session_id, st.connection, st.action,
+       (st.o ->> 'statement')::integer, r.value, NULL, ARRAY['read'], ARRAY[]::text[], false
+FROM st, jsonb_array_elements_text(coalesce(st.o -> 'reads', '[]'::jsonb)) r
+"""
+
+_PG_APPROVALS = """
+SELECT r.approval_id, r.subject AS requester, r.event_time AS requested_at, r.connection, r.sql,
+       r.rule_ids, r.reasons AS request_reasons,
+       CASE WHEN d.type = 'approval.granted' THEN 'granted' WHEN d.type = 'approval.rejected' THEN 'rejected'
+            WHEN d.type = 'approval.expired' THEN 'expired' ELSE 'pending' END AS decision,
+       d.approver, d.event_time AS decided_at, d.reasons AS decision_reasons,
+       extract(epoch FROM d.event_time - r.event_time)::double precision AS seconds_to_decide,
+       u.event_time AS used_at, u.correlation_id AS used_by
+FROM audit_events r
+LEFT JOIN LATERAL (SELECT * FROM audit_events x WHERE x.approval_id = r.approval_id
+                   AND x.type IN ('approval.granted', 'approval.rejected', 'approval.expired') ORDER BY x.seq LIMIT 1) d ON true
+LEFT JOIN LATERAL (SELECT * FROM audit_events x WHERE x.approval_id = r.approval_id
+                   AND x.type IN ('query.allowed', 'query.masked') ORDER BY x.event_time LIMIT 1) u ON true
+WHERE r.type = 'approval.requested'
+"""
+
+_PG_SESSIONS = f"""
+SELECT session_id, (array_agg(subject ORDER BY event_time))[1] AS subject, (array_agg(kernel_id ORDER BY event_time))[1] AS kernel_id,
+       max(notebook_path) AS notebook_path, (array_agg(mode ORDER BY event_time))[1] AS mode,
+       min(event_time) AS started_at, max(event_time) FILTER (WHERE type = 'session.end') AS ended_at,
+       max(event_time) AS last_event_at,
+       count(*) FILTER (WHERE type = 'cell.execute') AS cells,
+       count(*) FILTER (WHERE type IN {_DECISIONS}) AS queries,
+       count(*) FILTER (WHERE type = 'query.denied') AS denied,
+       count(*) FILTER (WHERE type = 'query.held') AS held,
+       count(*) FILTER (WHERE type = 'query.failed') AS failed
+FROM audit_events WHERE session_id IS NOT NULL AND session_id <> ''
+GROUP BY session_id
+"""
+
+#: View name -> PostgreSQL SQL over ``audit_events`` (the PostgreSQL store).
+VIEW_SQL_PG: Final[dict[str, str]] = {
+    "events": _EVENTS,
+    "queries": _PG_QUERIES,
+    "objects": _PG_OBJECTS,
+    "approvals": _PG_APPROVALS,
+    "sessions": _PG_SESSIONS,
+    "cells": _CELLS,
+    "checkpoints": _CHECKPOINTS,
+}
+
 #: View name -> its columns, in order (what the analysis and the docs know).
 VIEW_COLUMNS: Final[dict[str, tuple[str, ...]]] = {
     "events": FIELDS,
@@ -164,11 +256,13 @@ def views_catalog() -> Catalog:
     return Catalog.build("duckdb", rels, search_path=(SCHEMA,))
 
 
-def with_views(statement: str) -> str:
-    """The statement with the views it names defined in front of it as CTEs.
+def with_views(statement: str, dialect: str = "duckdb") -> str:
+    """The statement (DuckDB SQL) with the views it names defined in front of it as
+    CTEs, in ``dialect`` (``postgres``: transpiled by sqlglot for the PostgreSQL store).
 
     ``audit.events`` and ``events`` both become the CTE ``events``; a CTE of the
     statement's own with a view's name shadows the view (as SQL scoping says)."""
+    sources = VIEW_SQL_PG if dialect == "postgres" else VIEW_SQL
     tree = sqlglot.parse_one(statement, read="duckdb")
     own = {c.alias_or_name.lower() for c in tree.find_all(exp.CTE)}
     used: list[str] = []
@@ -179,8 +273,8 @@ def with_views(statement: str) -> str:
             if name not in used:
                 used.append(name)
     if not used:
-        return tree.sql(dialect="duckdb")
-    views = [exp.CTE(this=sqlglot.parse_one(VIEW_SQL[name], read="duckdb"), alias=exp.TableAlias(this=exp.to_identifier(name, quoted=True))) for name in used]
+        return tree.sql(dialect=dialect)
+    views = [exp.CTE(this=sqlglot.parse_one(sources[name], read=dialect), alias=exp.TableAlias(this=exp.to_identifier(name, quoted=True))) for name in used]
     existing = tree.args.get("with_")
     if isinstance(existing, exp.With):
         # In front of the statement's own CTEs (they may name a view; WITH RECURSIVE
@@ -188,4 +282,4 @@ def with_views(statement: str) -> str:
         existing.set("expressions", [*views, *existing.expressions])
     else:
         tree.set("with_", exp.With(expressions=views))
-    return tree.sql(dialect="duckdb")
+    return tree.sql(dialect=dialect)

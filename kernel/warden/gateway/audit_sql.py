@@ -95,9 +95,9 @@ class AuditConnection:
             {"rule": "audit/not-auditor", "message": "reading the audit log needs the policy's 'auditors' (groups, users or roles)", "statement": None}
         ]  # fmt: skip
         reasons = reasons or check(analysis)
-        if not hasattr(self.store, "_cursor") or type(self.store).__name__ != "DuckDBStore":
-            reasons = reasons or [{"rule": "audit/store", "message": "the audit connection serves the embedded DuckDB store; "
-                                   "on PostgreSQL query the store read-only with your own SQL client", "statement": None}]  # fmt: skip
+        if self._kind() is None:
+            reasons = reasons or [{"rule": "audit/store", "message": "this gateway's audit store cannot be queried through the audit connection",
+                                   "statement": None}]  # fmt: skip
         event = dict(base)
         event.update(
             type="audit.read", connection=AUDIT_CONNECTION, dialect="duckdb", sql=req.sql,
@@ -119,29 +119,62 @@ class AuditConnection:
         timeout = (self.gateway.config.statement_timeout_ms or 60_000) / 1000
         return CellOutcome("stream", header, self._frames(analysis, req.params, header, max_rows, timeout))
 
+    def _kind(self) -> str | None:
+        name = type(self.store).__name__
+        return {"DuckDBStore": "duckdb", "PostgresStore": "postgres"}.get(name)
+
+    def _select(self, sql: str, params: tuple[Any, ...], max_rows: int, timeout: float) -> pa.Table:
+        """One analysed SELECT over the views: a cursor on the DuckDB store's own
+        connection, or a read-only transaction on the PostgreSQL store."""
+        if self._kind() == "postgres":
+            return self._select_postgres(sql, params, max_rows, timeout)
+        cur = self.store._cursor()
+        # DuckDB has no statement timeout: interrupt the cursor from a timer.
+        timer = threading.Timer(timeout, cur.interrupt)
+        timer.start()
+        try:
+            table: pa.Table = cur.sql(with_views(sql), params=list(params) or None).to_arrow_table()
+            return table
+        finally:
+            timer.cancel()
+            cur.close()
+
+    def _select_postgres(self, sql: str, params: tuple[Any, ...], max_rows: int, timeout: float) -> pa.Table:
+        conn = self.store._reader()
+        try:
+            with conn.transaction():
+                # Read-only and bounded, whatever the (transpiled) statement turns out to be.
+                conn.execute("SET TRANSACTION READ ONLY")
+                conn.execute(f"SET LOCAL statement_timeout = {max(int(timeout * 1000), 1)}")
+                with conn.cursor() as cur:
+                    cur.execute(with_views(_inline_params(sql, params), "postgres").encode())
+                    names = [d.name for d in cur.description or ()]
+                    rows = cur.fetchmany(max_rows + 1)
+        except Exception:
+            conn.close()
+            raise
+        finally:
+            self.store._release(conn)
+        if not rows:
+            return pa.table({n: pa.array([], pa.string()) for n in names})
+        return pa.Table.from_pylist([dict(zip(names, r, strict=True)) for r in rows])
+
     def _frames(self, analysis: CellAnalysis, params_all: tuple[Any, ...], header: dict[str, Any], max_rows: int, timeout: float) -> Iterator[bytes]:
         started = time.monotonic()
         yield json_frame(b"C", header)
         total = 0
         status = "ok"
         for st in analysis.statements:
-            cur = self.store._cursor()
-            # DuckDB has no statement timeout: interrupt the cursor from a timer.
-            timer = threading.Timer(timeout, cur.interrupt)
-            timer.start()
             try:
                 # Bound parameters ({{var}}, :var) stay parameters, numbered per statement.
                 sql, params = statement_params(st.sql, "duckdb", params_all)
-                table = cur.sql(with_views(sql), params=list(params) or None).to_arrow_table()
+                table = self._select(sql, params, max_rows, timeout)
             except Exception as exc:
                 status = "failed"
                 message = str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__
-                code = "timeout" if "interrupt" in message.lower() else "failed"
+                code = "timeout" if "interrupt" in message.lower() or "statement timeout" in message.lower() else "failed"
                 yield json_frame(b"X", {"code": code, "message": f"statement {st.index + 1}: {message}", "sqlstate": None})
                 break
-            finally:
-                timer.cancel()
-                cur.close()
             truncated = table.num_rows > max_rows
             if truncated:
                 table = table.slice(0, max_rows)
@@ -158,6 +191,33 @@ class AuditConnection:
                                     "rowcount": table.num_rows, "detectors": []})  # fmt: skip
         yield json_frame(b"T", {"status": status, "rows": total, "bytes": 0, "duration_ms": round((time.monotonic() - started) * 1000, 3),
                                 "event_id": header["event_id"], "query_id": header["query_id"]})  # fmt: skip
+
+
+def _inline_params(sql: str, params: tuple[Any, ...]) -> str:
+    """The (DuckDB) statement with the auditor's bound values as SQL literals, before it
+    is transpiled for PostgreSQL (sqlglot quotes them; psycopg binds ``%s``, not the
+    ``$n`` of the cell)."""
+    import sqlglot
+    from sqlglot import exp
+
+    if not params:
+        return sql
+    tree = sqlglot.parse_one(sql, read="duckdb")
+
+    def literal(value: Any) -> exp.Expr:
+        if value is None:
+            return exp.Null()
+        if isinstance(value, bool):
+            return exp.Boolean(this=value)
+        if isinstance(value, (int, float)):
+            return exp.Literal.number(value)
+        return exp.Literal.string(str(value))
+
+    for node in list(tree.find_all(exp.Placeholder, exp.Parameter)):
+        index = str(node.this.this if isinstance(node.this, exp.Expr) else node.this or "")
+        if index.isdigit() and 1 <= int(index) <= len(params):
+            node.replace(literal(params[int(index) - 1]))
+    return tree.sql(dialect="duckdb")
 
 
 def fingerprint(sql: str) -> str:
