@@ -197,3 +197,65 @@ def test_jupysql_only_flags_are_refused_with_the_reason(jk: Kernel) -> None:
     assert "gateway decided like an INSERT" in fails(jk, "import pandas as pd\nmy_data = pd.DataFrame({'x': [1]})\n%sql dk --persist my_data")
     assert "--creator" in fails(jk, "%sql -c func")
 
+
+
+# -- 4. %sqlcmd and %sqlplot through the gateway --------------------------------------------------
+
+
+def test_sqlcmd_tables_and_columns_show_only_what_the_user_may_read(jk: Kernel) -> None:
+    ok(jk, "t = %sqlcmd tables --connection pg")
+    names = jk.eval_json("sorted(t.data)")
+    assert "customers" in names and "secrets" not in names
+    ok(jk, "cols = %sqlcmd columns --connection pg -t customers")
+    assert jk.eval_json("[r[0] for r in cols.rows]") == ["id", "name", "email", "ssn", "notes"]
+    assert jk.eval_json("[r[2] for r in cols.rows]") == ["", "", "masked", "masked", ""]
+
+
+def test_sqlcmd_profile_is_computed_in_sql(jk: Kernel) -> None:
+    ok(jk, "prof = %sqlcmd profile --connection dk -t orders")
+    assert jk.eval_json("[int(prof['amount']['count']), int(prof['amount']['unique']), float(prof['amount']['min']), "
+                        "float(prof['amount']['max']), float(prof['amount']['mean'])]") == [20, 20, 11.0, 30.0, 20.5]  # fmt: skip
+    assert jk.eval_json("int(prof['region']['unique'])") == 2
+    assert jk.eval_json("prof.attrs['warden']['connection']") == "dk"
+
+
+def test_sqlcmd_test_and_snippets(jk: Kernel) -> None:
+    assert jk.eval_json("get_ipython().run_line_magic('sqlcmd', 'test --connection dk -t orders -c amount --greater 10')") is True
+    text = fails(jk, "%sqlcmd test --connection dk -t orders -c amount --less-than 25")
+    assert "6 row(s) break `amount < 25.0`" in text
+    ok(jk, "%%sql dk --save cheap --no-execute\nSELECT * FROM orders WHERE amount < 15")
+    ok(jk, "%%sql dk --save cheap_emea --no-execute\nSELECT * FROM cheap WHERE region = 'emea'")
+    assert "cheap_emea" in jk.eval_json("get_ipython().run_line_magic('sqlcmd', 'snippets')")
+    rendered = jk.eval_json("get_ipython().run_line_magic('sqlcmd', 'snippets cheap_emea')")
+    assert rendered.startswith("WITH cheap AS (") and "amount < 15" in rendered
+    assert jk.eval_json("get_ipython().run_line_magic('sqlrender', 'cheap_emea')") == rendered
+    assert "used by cheap_emea" in fails(jk, "%sqlcmd snippets -d cheap")
+    assert "explore is not supported" in fails(jk, "%sqlcmd explore --table orders")
+
+
+def test_sqlplot_histogram_counts_come_from_sql(jk: Kernel) -> None:
+    ok(jk, "ax = %sqlplot histogram --connection dk --table orders --column amount --bins 4")
+    counts, edges = jk.eval_json("[list(map(int, ax.patches[0].get_data().values)), list(map(float, ax.patches[0].get_data().edges))]")
+    assert counts == [5, 5, 5, 5] and edges == [11.0, 15.75, 20.5, 25.25, 30.0]
+    # against the rows themselves (fetched through the gateway too)
+    ok(jk, "import numpy as np\nraw = %sql dk SELECT amount FROM orders")
+    assert jk.eval_json("np.histogram(raw['amount'], bins=4)[0].tolist()") == counts
+    # with a snippet as the table (JupySQL's --with)
+    ok(jk, "%%sql dk --save emea_orders --no-execute\nSELECT * FROM orders WHERE region = 'emea'")
+    ok(jk, "ax2 = %sqlplot hist --connection dk --table emea_orders --column amount --bins 2 --with emea_orders")
+    assert sum(jk.eval_json("list(map(int, ax2.patches[0].get_data().values))")) == 10
+
+
+def test_sqlplot_boxplot_bar_pie(jk: Kernel) -> None:
+    ok(jk, "box = %sqlplot boxplot --connection dk --table orders --column amount")
+    median = jk.eval_json("float(box.lines[5].get_ydata()[0])")  # whisker, whisker, cap, cap, box, median
+    assert median == 20.5
+    ok(jk, "bar = %sqlplot bar --connection dk --table orders --column region")
+    assert jk.eval_json("sorted(int(p.get_height()) for p in bar.patches)") == [10, 10]
+    ok(jk, "pie = %sqlplot pie --connection dk --table orders --column region")
+    assert jk.eval_json("[t.get_text() for t in pie.texts]") == ["amer", "emea"]
+
+
+def test_sqlplot_over_a_denied_table_is_denied(jk: Kernel) -> None:
+    text = fails(jk, "%sqlplot histogram --connection pg --table secrets --column id")
+    assert "Denied" in text and "secrets" in text

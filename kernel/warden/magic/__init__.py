@@ -43,7 +43,10 @@ def load_ipython_extension(shell: Any, session: Any = None) -> Any:
     if completer is not None and hasattr(completer, "custom_matchers"):
         completer.custom_matchers.append(make_matcher(connection_of, cache.names, connections))
     shell.set_custom_exc((WardenError,), short_error_handler(active))
-    from warden.magic import compat  # %load_ext sql, %jupysql, no other %sql replaces warden's
+    # %sqlcmd, %sqlplot, %sqlrender; then %load_ext sql, %jupysql, no other %sql replaces warden's
+    from warden.magic import compat, sqlcmd
+
+    sqlcmd.register(shell, magic)
 
     compat.install(shell, magic._note)
     return magic

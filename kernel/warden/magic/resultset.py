@@ -83,6 +83,25 @@ class ResultSet(pd.DataFrame):
         for values in self.itertuples(index=False, name=None):
             yield dict(zip(names, (_py(v) for v in values), strict=True))
 
+    def bar(self, key_word_sep: str = " ", title: str | None = None, **kwargs: Any) -> Any:
+        """A matplotlib bar chart (JupySQL's deprecated ``.bar()``): the last numeric
+        column gives the heights, the other columns joined by ``key_word_sep`` the labels."""
+        import matplotlib.pyplot as plt
+
+        numeric = [i for i in range(self.shape[1]) if pd.api.types.is_numeric_dtype(self.dtypes.iloc[i])]
+        if not numeric:
+            raise TypeError("bar() needs a numeric column for the heights")
+        y = numeric[-1]
+        others = [i for i in range(self.shape[1]) if i != y]
+        labels = [key_word_sep.join(str(self.iat[r, i]) for i in others) or str(r) for r in range(len(self))]
+        ax = plt.gca()
+        ax.bar(range(len(self)), self.iloc[:, y].tolist(), **kwargs)
+        ax.set_xticks(range(len(labels)), labels, rotation=45)
+        ax.set_xlabel(key_word_sep.join(str(self.columns[i]) for i in others))
+        ax.set_ylabel(str(self.columns[y]))
+        ax.set_title(title or str(self.columns[y]))
+        return ax
+
     def csv(self, filename: str | None = None, **format_params: Any) -> str:
         """The rows as CSV with a header line; with ``filename`` written there (the
         path is returned). ``format_params`` go to :func:`csv.writer`."""
