@@ -177,3 +177,10 @@ def test_postgres_store_answers_like_duckdb(pg_seeded: SeededLog) -> None:
     assert approvals["granted"]["approver"] == "olga" and approvals["rejected"]["requester"] == "eve"
     assert mine == [{"n": 1}]
     assert reads and reads[0]["subject"] == "aud"
+
+
+def test_results_are_cut_at_max_rows_without_reading_everything(seeded: SeededLog) -> None:
+    with auditor(seeded) as c:
+        result = c.run("audit", "SELECT e.seq, r.n FROM events e, range(1000000) r(n)", max_rows=1000)
+    assert result.last is not None and result.last.table is not None
+    assert result.last.rows == 1000 and result.last.truncated is True

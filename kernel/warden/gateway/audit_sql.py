@@ -133,8 +133,16 @@ class AuditConnection:
         timer = threading.Timer(timeout, cur.interrupt)
         timer.start()
         try:
-            table: pa.Table = cur.sql(with_views(sql), params=list(params) or None).to_arrow_table()
-            return table
+            # Streamed and cut at max_rows + 1: a huge result is never materialised.
+            reader = cur.sql(with_views(sql), params=list(params) or None).to_arrow_reader(65536)
+            batches: list[pa.RecordBatch] = []
+            count = 0
+            for batch in reader:
+                batches.append(batch)
+                count += batch.num_rows
+                if count > max_rows:
+                    break
+            return pa.Table.from_batches(batches, schema=reader.schema)
         finally:
             timer.cancel()
             cur.close()
