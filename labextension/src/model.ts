@@ -210,7 +210,7 @@ export function cellStateFrom(messages: { kind: string; title: string }[]): Cell
 /** One timeline entry's summary line. */
 export function describeEvent(e: AuditEvent): { title: string; detail: string; decision: string } {
   const parts: string[] = [];
-  const masks = (e.masks || []).map(m => m.column || '?');
+  const masks = (Array.isArray(e.masks) ? e.masks : []).map(m => m.column || '?');
   if (e.type === 'cell.execute') {
     const run = e.execution_count !== null && e.execution_count !== undefined ? `[${e.execution_count}]` : '[ ]';
     return {
@@ -240,6 +240,21 @@ export function describeEvent(e: AuditEvent): { title: string; detail: string; d
   if (e.error) {
     parts.push(e.error);
   }
-  const decision = e.type.startsWith('query.') ? e.action || e.type.slice('query.'.length) : e.type.split('.')[0];
-  return { title: e.type, detail: parts.join(' · '), decision };
+  return { title: e.type, detail: parts.join(' · '), decision: decisionOf(e) };
+}
+
+/** The pill of an entry: what happened at that step (the cell's decision stays "hold"
+ * on the records after an approval, so the type says more). */
+export function decisionOf(e: AuditEvent): string {
+  const kind = e.type.split('.').slice(1).join('.');
+  if (e.type === 'query.allowed' || e.type === 'query.masked') {
+    return e.approval_id ? 'approved' : kind;
+  }
+  if (e.type === 'query.executed') {
+    return e.status && !['ok', 'success'].includes(e.status) ? 'failed' : 'executed';
+  }
+  if (e.type.startsWith('query.') || e.type.startsWith('approval.')) {
+    return kind;
+  }
+  return e.type.split('.')[0];
 }

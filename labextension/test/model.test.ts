@@ -86,12 +86,16 @@ describe('describeEvent', () => {
       approval_id: 'apr_1',
       approver: 'bob'
     });
-    expect(d.decision).toBe('mask');
+    expect(d.decision).toBe('executed');
     expect(d.detail).toBe('pg · masked: email · 2 rows · 12 ms · approval apr_1 by bob');
   });
   it('names the rules of a hold and the run of a cell', () => {
     const held = describeEvent({ event_id: 'e', event_time: '', type: 'query.held', action: 'hold', rule_ids: ['r1'], rows: 0 });
     expect(held.detail).toBe('rules: r1');
+    expect(held.decision).toBe('held');
+    const approved = describeEvent({ event_id: 'a', event_time: '', type: 'query.masked', action: 'hold', approval_id: 'apr_1', approver: 'bob' });
+    expect(approved.decision).toBe('approved');
+    expect(describeEvent({ event_id: 'm', event_time: '', type: 'query.masked', action: 'mask' }).decision).toBe('masked');
     const cell = describeEvent({ event_id: 'c', event_time: '', type: 'cell.execute', execution_count: 3, status: 'ok', duration_ms: 1500 });
     expect(cell.title).toBe('cell [3]');
     expect(cell.detail).toBe('ok · 1.5 s');

@@ -140,9 +140,20 @@ class TimelineHandler(WardenHandler):
         except (GatewayError, IdentityError, OSError) as exc:
             self.gateway_error(exc)
             return
-        rows = [{k: e.get(k) for k in TIMELINE_FIELDS} for e in events]
+        rows = [timeline_row(e) for e in events]
         rows.sort(key=lambda e: str(e.get("event_time") or ""))
         self.reply({"kernel_id": kernel_id, "session_id": session_id, "events": rows})
+
+
+def timeline_row(event: dict[str, Any]) -> dict[str, Any]:
+    row = {k: event.get(k) for k in TIMELINE_FIELDS}
+    for key in ("masks",):  # JSON fields come back from the store as JSON text
+        if isinstance(row[key], str):
+            try:
+                row[key] = json.loads(row[key])
+            except ValueError:
+                row[key] = None
+    return row
 
 
 def find_session(client: KernelGatewayClient, kernel_id: str) -> str:
