@@ -25,7 +25,14 @@ import httpx
 import pytest
 
 from gateway_harness import SeededGateway, seeded_gateway
-from lab_harness import CHROMIUM, ROOT, LabServer, labextension_built, launch_chromium, write_notebook
+from lab_harness import (
+    CHROMIUM,
+    ROOT,
+    LabServer,
+    labextension_built,
+    launch_chromium,
+    write_notebook,
+)
 from oidc_issuer import OIDCIssuer
 from pgserver import PostgresServer
 

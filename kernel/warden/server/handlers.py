@@ -147,12 +147,12 @@ class TimelineHandler(WardenHandler):
 
 def timeline_row(event: dict[str, Any]) -> dict[str, Any]:
     row = {k: event.get(k) for k in TIMELINE_FIELDS}
-    for key in ("masks",):  # JSON fields come back from the store as JSON text
-        if isinstance(row[key], str):
-            try:
-                row[key] = json.loads(row[key])
-            except ValueError:
-                row[key] = None
+    masks = row.get("masks")
+    if isinstance(masks, str):  # a JSON field comes back from the store as JSON text
+        try:
+            row["masks"] = json.loads(masks)
+        except ValueError:
+            row["masks"] = None
     return row
 
 
