@@ -48,7 +48,9 @@ class SeededLog:
         return GatewayClient(self.gateway.url, token=self.token(sub, groups, **claims))
 
 
-def start_gateway(workdir: Path, issuer: OIDCIssuer, *, capture: str = "sample:3", audit_dsn: str | None = None) -> GatewayProcess:
+def start_gateway(
+    workdir: Path, issuer: OIDCIssuer, *, capture: str = "sample:3", audit_dsn: str | None = None, limits: dict[str, int] | None = None
+) -> GatewayProcess:
     seed_duckdb(workdir / "data.duckdb")
     policy = yaml.safe_load(yaml.safe_dump(POLICY))
     del policy["connections"]["pg"]
@@ -62,6 +64,8 @@ def start_gateway(workdir: Path, issuer: OIDCIssuer, *, capture: str = "sample:3
         "audit": {"checkpoint_file": "checkpoints.jsonl", "checkpoint_every": 10},
         "auth": {"mode": "oidc", "issuer": issuer.issuer, "audience": "warden", "attribute_claims": ["region"]},
     }
+    if limits:
+        config["limits"] = limits
     env = dict(os.environ)
     if audit_dsn:  # the PostgreSQL store (replicas) instead of the embedded DuckDB one
         config["audit"] = {"store_env": "WARDEN_AUDIT_DSN", "checkpoint_file": "checkpoints.jsonl", "checkpoint_every": 10}

@@ -4,6 +4,7 @@ real OIDC issuer, DuckDB store). Views, audit.read records, and every escape den
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from audit_seed import SESSION, SeededLog, seed, start_gateway
 from oidc_issuer import OIDCIssuer
 from pgserver import PostgresServer
 from warden.audit.views import VIEW_COLUMNS, VIEW_SQL
-from warden.gateway.client import Denied, GatewayClient
+from warden.gateway.client import Denied, GatewayClient, QueryFailed
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -184,3 +185,18 @@ def test_results_are_cut_at_max_rows_without_reading_everything(seeded: SeededLo
         result = c.run("audit", "SELECT e.seq, r.n FROM events e, range(1000000) r(n)", max_rows=1000)
     assert result.last is not None and result.last.table is not None
     assert result.last.rows == 1000 and result.last.truncated is True
+
+
+def test_a_long_auditor_query_is_interrupted_at_the_statement_timeout(tmp_path: Path) -> None:
+    with OIDCIssuer(audience="warden") as issuer:
+        gw = start_gateway(tmp_path, issuer, limits={"statement_timeout_ms": 500})
+        try:
+            with GatewayClient(gw.url, token=issuer.issue(sub="aud", groups=["audit"])) as c:
+                started = time.monotonic()
+                with pytest.raises(QueryFailed) as failed:
+                    c.run("audit", "SELECT sum(a.n * b.n) AS s FROM range(200000) a(n), range(200000) b(n)")
+                elapsed = time.monotonic() - started
+                assert failed.value.code == "timeout" and elapsed < 20
+                assert rows(c, "SELECT count(*) AS n FROM events")[0]["n"] > 0  # the store still serves
+        finally:
+            gw.stop()
