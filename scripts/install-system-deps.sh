@@ -25,11 +25,16 @@ have_postgres_server() {
 have_node() { command -v node >/dev/null 2>&1; }
 have_npm() { command -v npm >/dev/null 2>&1; }
 
+# Chromium for the screenshot test (tests/test_screenshots.py drives /usr/bin/chromium
+# with Playwright; the browser comes from Debian, never from `playwright install`).
+have_chromium() { [[ -x /usr/bin/chromium ]]; }
+
 # "<check function>:<apt package>", one per dependency.
 DEPS=(
     "have_postgres_server:postgresql"
     "have_node:nodejs"
     "have_npm:npm"
+    "have_chromium:chromium"
 )
 
 missing=()

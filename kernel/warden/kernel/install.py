@@ -39,17 +39,17 @@ def kernel_dict(*, display_name: str = DISPLAY_NAME, env: Mapping[str, str] | No
     return spec
 
 
-def write_kernelspec(path: Path, **kwargs: Any) -> Path:
-    """Write kernel.json (and ipykernel's logos) into the directory ``path``."""
-    path.mkdir(parents=True, exist_ok=True)
-    try:
-        from ipykernel.kernelspec import RESOURCES
+#: warden's own logo (logo-svg.svg, logo-32x32.png, logo-64x64.png): the launcher and the
+#: kernel picker tell the warden kernel from plain Python at a glance.
+RESOURCES = Path(__file__).with_name("resources")
 
-        for item in Path(RESOURCES).iterdir():
-            if item.is_file():
-                shutil.copy(item, path / item.name)
-    except ImportError:  # pragma: no cover - ipykernel is a dependency
-        pass
+
+def write_kernelspec(path: Path, **kwargs: Any) -> Path:
+    """Write kernel.json and the warden logos into the directory ``path``."""
+    path.mkdir(parents=True, exist_ok=True)
+    for item in RESOURCES.iterdir():
+        if item.is_file() and item.name.startswith("logo-"):
+            shutil.copy(item, path / item.name)
     (path / "kernel.json").write_text(json.dumps(kernel_dict(**kwargs), indent=1) + "\n", encoding="utf-8")
     return path
 
