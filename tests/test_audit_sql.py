@@ -14,7 +14,7 @@ from audit_seed import SESSION, SeededLog, seed, start_gateway
 from oidc_issuer import OIDCIssuer
 from pgserver import PostgresServer
 from warden.audit.views import VIEW_COLUMNS, VIEW_SQL
-from warden.gateway.client import Denied, GatewayClient, QueryFailed
+from warden.gateway.client import Denied, GatewayClient, GatewayError, QueryFailed
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -200,3 +200,12 @@ def test_a_long_auditor_query_is_interrupted_at_the_statement_timeout(tmp_path: 
                 assert rows(c, "SELECT count(*) AS n FROM events")[0]["n"] > 0  # the store still serves
         finally:
             gw.stop()
+
+
+def test_an_auditor_cannot_write_into_another_users_session(seeded: SeededLog) -> None:
+    with auditor(seeded) as c:
+        with pytest.raises(GatewayError) as refused:
+            c.run("audit", "SELECT count(*) AS n FROM events", context={"session_id": SESSION})
+        assert refused.value.code == "session/not-yours"
+        reads = rows(c, f"SELECT count(*) AS n FROM events WHERE session_id = '{SESSION}' AND type = 'audit.read'")
+    assert reads == [{"n": 0}]

@@ -34,6 +34,7 @@ from warden.gateway.service import (
     AuditUnavailableError,
     CellOutcome,
     CellRequest,
+    ContextRefused,
     Gateway,
     statement_params,
 )
@@ -89,6 +90,14 @@ class AuditConnection:
     def run(self, identity: Identity, req: CellRequest, *, client_ip: str = "") -> CellOutcome:
         base = self.gateway.base_event(identity, req.context, client_ip)
         query_id = "q_" + uuid.uuid4().hex[:20]
+        try:
+            # The session and cell-run ids are the caller's own, as for any cell: an
+            # audit.read never lands in another user's session.
+            self.gateway.claim_context(identity, req.context, client_ip)
+        except ContextRefused as exc:
+            return CellOutcome("error", {"status": "error", "error": {"code": exc.code, "message": str(exc)}}, http_status=403)
+        except AuditUnavailableError as exc:
+            return CellOutcome("error", {"status": "error", "error": {"code": "audit-unavailable", "message": str(exc)}}, http_status=503)
         base["correlation_id"] = base["correlation_id"] or query_id
         analysis = analyze_cell(req.sql, _CATALOG)
         reasons = [] if may_audit(self.gateway, identity) else [
@@ -170,7 +179,7 @@ class AuditConnection:
     def _frames(self, analysis: CellAnalysis, params_all: tuple[Any, ...], header: dict[str, Any], max_rows: int, timeout: float) -> Iterator[bytes]:
         started = time.monotonic()
         yield json_frame(b"C", header)
-        total = 0
+        total = size = 0
         status = "ok"
         for st in analysis.statements:
             try:
@@ -195,9 +204,10 @@ class AuditConnection:
                 chunk = data[i : i + (1 << 20)]
                 yield b"A" + len(chunk).to_bytes(4, "big") + chunk
             total += table.num_rows
+            size += len(data)
             yield json_frame(b"E", {"index": st.index, "rows": table.num_rows, "bytes": len(data), "truncated": truncated,
                                     "rowcount": table.num_rows, "detectors": []})  # fmt: skip
-        yield json_frame(b"T", {"status": status, "rows": total, "bytes": 0, "duration_ms": round((time.monotonic() - started) * 1000, 3),
+        yield json_frame(b"T", {"status": status, "rows": total, "bytes": size, "duration_ms": round((time.monotonic() - started) * 1000, 3),
                                 "event_id": header["event_id"], "query_id": header["query_id"]})  # fmt: skip
 
 
