@@ -29,7 +29,7 @@ STORE_ENV = "WARDEN_AUDIT_STORE"
 
 def register(subparsers: Any) -> None:
     """Add the ``audit`` command (``verify``, ``export``, ``public-key``, ``query``, ``tail``, ``replay``) to an argparse subparsers object."""
-    audit = subparsers.add_parser("audit", help="verify or export the audit log", description="Tools for the tamper-evident audit log.")
+    audit = subparsers.add_parser("audit", help="query, follow, replay, verify or export the audit log", description="Tools for the tamper-evident audit log.")
     actions = audit.add_subparsers(metavar="ACTION")
     audit.set_defaults(func=lambda _args: _usage(audit))
 
@@ -48,7 +48,7 @@ def register(subparsers: Any) -> None:
     v.add_argument("--json", action="store_true", help="machine-readable report")
     v.set_defaults(func=_verify)
 
-    e = actions.add_parser("export", help="write sealed Parquet/JSONL segments with signed manifests", description="Export chains as sealed segments.")
+    e = actions.add_parser("export", help="write sealed Parquet/JSONL segments with signed manifests, or OCSF JSONL for a SIEM", description="Export chains as sealed segments.")
     e.add_argument("--store", default=os.environ.get(STORE_ENV), help=f"store URL; default ${STORE_ENV}")
     e.add_argument("--format", choices=("parquet", "jsonl", "ocsf"), default="parquet",
                    help="data file format (default parquet); ocsf: OCSF Datastore Activity (6005) JSONL for a SIEM, one file per chain")
