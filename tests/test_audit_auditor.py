@@ -149,3 +149,24 @@ def test_ocsf_export_maps_every_record_and_keeps_the_chain(tmp_path: Path) -> No
         assert w["prev_hash"] == prev and chain_hash(prev, rec.canonical()) == w["record_hash"] == e["unmapped"]["warden"]["record"]["record_hash"]
         prev = w["record_hash"]
     assert [e["metadata"]["sequence"] for e in events] == list(range(1, len(events) + 1))
+
+
+def test_replay_interleaves_queries_without_a_cell_record_by_time() -> None:
+    import datetime as dt
+
+    from warden.audit.replay import build_notebook
+
+    t = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    cells = [
+        {"event_time": t, "execution_count": 1, "source": "x = 1", "status": "success", "cell_run_id": "r1", "duration_ms": float("nan")},
+        {"event_time": t + dt.timedelta(seconds=20), "execution_count": 2, "source": "1/0", "status": "failure", "error": "ZeroDivisionError", "cell_run_id": "r2"},
+    ]
+    queries = [{"event_time": t + dt.timedelta(seconds=10), "correlation_id": "q-cli", "connection": "dk", "sql": "SELECT 1", "action": "allow",
+                "outcome": "success", "rows": 1, "execution_count": None}]  # fmt: skip
+    nb = build_notebook("s", cells, queries)
+    nbformat.validate(nbformat.from_dict(nb))
+    sources = [c["source"] for c in nb["cells"][1:]]
+    assert sources == ["x = 1", "%%sql dk\nSELECT 1", "1/0"]
+    assert nb["cells"][2]["metadata"]["warden"]["no_cell_record"] is True
+    assert "ZeroDivisionError" in json.dumps(nb["cells"][3]["outputs"])
+    assert nb["metadata"]["warden"] | {"generated_at": ""} == {"replay": True, "session_id": "s", "subject": "", "generated_at": "", "source": "", "cells": 2, "queries": 1}
