@@ -109,7 +109,7 @@ c.JupyterHub.load_roles.append({{
     def start(self, timeout: float = 45.0) -> HubProcess:
         if not CHP.exists():
             raise RuntimeError(f"{CHP} is missing: run scripts/bootstrap.sh (it installs configurable-http-proxy)")
-        self.port = free_port()
+        self.port = self.port or free_port()
         self.hub_port = self.hub_port or free_port()  # preset when a service must know it first
         fd = os.open(self.service_token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:

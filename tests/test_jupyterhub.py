@@ -40,7 +40,8 @@ HELD_SQL = "SELECT name FROM customers WHERE email = 'ada@analytical.example'"
 @dataclass
 class Deployment:
     hub: HubProcess
-    gateway_url: str
+    gateway_url: str  # the gateway itself
+    proxied_url: str  # the same through the Hub's proxy: what the kernels are given
     gateway_config: Path
     issuer: OIDCIssuer
     tokens: dict[str, str]  # user -> a Hub token with the warden scope
@@ -49,10 +50,10 @@ class Deployment:
         return GatewayClient(self.gateway_url, token=self.tokens.get(user_or_token, user_or_token), timeout=30)
 
 
-def hub_config_fragment(workdir: Path, gateway_url: str, gateway_config: Path) -> str:
+def hub_config_fragment(workdir: Path, gateway_url: str, gateway_config: Path, service_url: str) -> str:
     """What an admin runs: `warden hub-config ...` (the real command line)."""
     out = subprocess.run(
-        [sys.executable, "-m", "warden.cli", "hub-config", "--gateway-url", gateway_url,
+        [sys.executable, "-m", "warden.cli", "hub-config", "--gateway-url", gateway_url, "--service-url", service_url,
          "--gateway-config", str(gateway_config), "--kernelspec-prefix", str(workdir / "kernels")],
         check=True, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
@@ -90,7 +91,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     (root / "gw").mkdir()
     issuer = OIDCIssuer(audience="warden").start()
     issuer.register_client("etl-bot", "etl-secret", groups=["eng"])
-    hub = HubProcess(root / "hub", fragment="", groups=GROUPS)
+    hub = HubProcess(root / "hub", fragment="", groups=GROUPS, port=free_port())
     gw_config = root / "gw" / "gateway.yaml"
     try:
         seed_duckdb(root / "gw" / "data.duckdb")
@@ -101,14 +102,18 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         gw_config.write_text(yaml.safe_dump({
             "gateway_id": "gw-hub", "mode": "shared", "policy": "policy.yaml", "state_dir": "state",
             "listen": {"host": "127.0.0.1", "port": port},
-            "auth": {"mode": "jupyterhub", "hub_cache_seconds": 2, "issuer": issuer.issuer, "audience": "warden"},
+            "auth": {"mode": "jupyterhub", "hub_cache_seconds": 2, "issuer": issuer.issuer, "audience": "warden",
+                     "failure_window_seconds": 1},  # refusals reach the audit within a second
         }))  # fmt: skip
         url = f"http://127.0.0.1:{port}"
-        hub.fragment = hub_config_fragment(root / "hub", url, gw_config)
+        # Kernels go through the Hub's proxy (/services/warden/); the tests below also call
+        # the gateway directly: both addresses work.
+        proxied = f"{hub.url}/services/warden"
+        hub.fragment = hub_config_fragment(root / "hub", proxied, gw_config, service_url=url)
         hub.start()
         wait_for(lambda: _healthy(url), timeout=45, what="the Hub-managed gateway", interval=0.2)
         tokens = {user: hub.new_token(user, [ACCESS])[0] for users in GROUPS.values() for user in users}
-        yield Deployment(hub, url, gw_config, issuer, tokens)
+        yield Deployment(hub, url, proxied, gw_config, issuer, tokens)
     finally:
         hub.stop()  # the Hub stops its managed services
         for pid in _pids_running(str(gw_config)):  # only if the Hub failed to
@@ -124,6 +129,13 @@ def test_hub_users_are_subjects_and_hub_groups_are_policy_groups(deployment: Dep
         with deployment.client(user) as c:
             who = c.whoami()
         assert (who["subject"], who["kind"], who["groups"], who["roles"]) == (user, "human", [group], [role])
+
+
+def test_the_gateway_answers_through_the_hub_proxy_too(deployment: Deployment) -> None:
+    with GatewayClient(deployment.proxied_url, token=deployment.tokens["bob"], timeout=30) as c:
+        assert c.whoami()["subject"] == "bob"
+        result = c.run("dk", EMAIL_SQL)
+    assert result.last is not None and result.last.rows == 3
 
 
 def test_masks_differ_by_hub_group_and_the_audit_names_the_hub_user(deployment: Deployment) -> None:
@@ -180,6 +192,9 @@ def test_tokens_without_the_warden_scope_or_of_a_service_are_refused_and_audited
         failures = wait_for(lambda: [e for e in auditor.audit(type="auth.failure", limit="100")
                                      if "insufficient-scope" in json.dumps(e)], timeout=10, what="auth.failure")  # fmt: skip
     assert failures and all(no_scope not in json.dumps(e) for e in failures)
+    # Through the Hub's proxy the same rules hold: no token, no answer.
+    r = httpx.get(deployment.proxied_url + "/v1/whoami", timeout=10)
+    assert (r.status_code, r.json()["error"]["code"]) == (401, "auth/missing-token")
 
 
 def test_a_revoked_hub_token_stops_working_within_the_cache_window(deployment: Deployment) -> None:
@@ -358,7 +373,7 @@ def test_sql_cells_in_the_warden_kernel_of_each_users_server(deployment: Deploym
         # The servers' environments: the gateway's URL and the server's own Hub token;
         # no database credential, no gateway secret.
         alice_env = _server_env(hub, "alice")
-        assert alice_env["WARDEN_GATEWAY_URL"] == deployment.gateway_url
+        assert alice_env["WARDEN_GATEWAY_URL"] == deployment.proxied_url
         assert [k for k in alice_env if "DSN" in k or k in ("WARDEN_TOKEN", "WARDEN_CLIENT_SECRET", "PGPASSWORD")] == []
         (gateway_pid,) = _pids_running(str(deployment.gateway_config))
         gateway_env = Path(f"/proc/{gateway_pid}/environ").read_bytes().split(b"\0")

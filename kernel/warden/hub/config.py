@@ -31,6 +31,9 @@ class HubConfigOptions:
     gateway_user: str = ""
     #: external: the gateway runs elsewhere; its Hub API token is read from this file
     service_token_file: str = "/etc/jupyterhub/warden-service.token"
+    #: where the Hub's proxy forwards /services/<name>/ ("" = no proxy route; kernels use
+    #: the gateway's own address)
+    service_url: str = ""
     #: where the Hub installs the warden kernelspec at start ("" = sys.prefix of the Hub's
     #: Python, i.e. system-wide for a Hub and servers sharing one environment)
     kernelspec_prefix: str = ""
@@ -42,6 +45,8 @@ class HubConfigOptions:
             raise ValueError("the service name must be lowercase letters, digits, '.', '_' or '-'")
         if not _NAME.fullmatch(self.kernel_name):
             raise ValueError("the kernel name must be lowercase letters, digits, '.', '_' or '-'")
+        if self.service_url and not self.service_url.startswith(("http://", "https://")):
+            raise ValueError("the service URL (the proxy's target) must be http(s)://host:port")
         if not self.gateway_url.startswith(("http://", "https://", "unix:")):
             raise ValueError("the gateway URL must be http(s)://host:port or unix:///path")
 
@@ -69,6 +74,14 @@ def render(opts: HubConfigOptions) -> str:
             f'    "api_token": _warden_read({opts.service_token_file!r}),\n'
         )
     name, kernel = opts.service_name, opts.kernel_name
+    if opts.service_url:
+        route_comment = (f"The proxy routes /services/{name}/ to its url,\n"
+                         f"#    so kernels may also reach it at https://<hub>/services/{name} (the gateway strips the prefix).")
+        route = f'    "url": {opts.service_url!r},\n'
+    else:
+        route_comment = ("It needs no url: kernels reach it directly at\n"
+                         "#    WARDEN_GATEWAY_URL (results stream as Arrow; no detour through the proxy).")
+        route = ""
     access = f"access:services!service={name}"
     jupyter_path = ""
     if opts.kernelspec_prefix:  # a non-default prefix: the servers must look there for kernels
@@ -86,12 +99,11 @@ def _warden_read(path):
     return _WardenPath(path).read_text(encoding="utf-8").strip()
 
 
-# 1. The gateway is a Hub service named {name!r}. It needs no URL here: kernels reach it
-#    directly at WARDEN_GATEWAY_URL (results stream as Arrow; no detour through the proxy).
+# 1. The gateway is a Hub service named {name!r}. {route_comment}
 c.JupyterHub.services.append({{
     "name": {name!r},
     "display": False,
-{service}}})
+{route}{service}}})
 
 # 2. Roles. Every user may present their server's token to the warden service (that is
 #    what `{access}` grants); the token still says whose it is, so user A's
@@ -160,6 +172,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--gateway-config", default="",
                    help="make the gateway a Hub-managed service started with this gateway.yaml")  # fmt: skip
     p.add_argument("--gateway-user", default="", help="OS user the managed gateway runs as")
+    p.add_argument("--service-url", default="",
+                   help="the gateway's address for the Hub's proxy route /services/NAME/ (optional)")  # fmt: skip
     p.add_argument("--service-token-file", default=HubConfigOptions.service_token_file,
                    help="external gateway: file holding its Hub API token")  # fmt: skip
     p.add_argument("--kernelspec-prefix", default="", help="install the kernelspec under PREFIX (default: sys.prefix)")
@@ -175,6 +189,7 @@ def _print(args: argparse.Namespace) -> int:
             gateway_url=args.gateway_url, service_name=args.service_name, kernel_name=args.kernel_name,
             gateway_config=args.gateway_config, gateway_user=args.gateway_user,
             service_token_file=args.service_token_file, kernelspec_prefix=args.kernelspec_prefix,
+            service_url=args.service_url,
         )  # fmt: skip
     except ValueError as exc:
         raise WardenError(str(exc)) from None
