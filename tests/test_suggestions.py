@@ -15,7 +15,7 @@ ANA = Identity("ana", frozenset({"analysts"}), {"region": "emea"})
 CASES = [
     ("SELECT nme FROM customers", "did you mean `name`?", []),
     ("SELECT c.emial FROM customers c", "did you mean `email`?", []),
-    ("SELECT id FROM custmers", "did you mean `customers`?", ["cannot resolve column 'id'"]),
+    ("SELECT id FROM custmers", "did you mean `customers`", ["cannot resolve column 'id'"]),
     ("SELECT id FROM orderz", "`orders`", []),
     # secret.keys is denied to analysts: neither its name nor its columns are suggested.
     ("SELECT id FROM key", "is not in the catalog", ["`keys`", "did you mean"]),
