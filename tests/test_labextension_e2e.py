@@ -13,6 +13,7 @@ Screenshots of each step go to tests/artifacts/labextension/ (gitignored).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -187,3 +188,43 @@ def test_held_cell_approved_from_the_panel(setup: Setup) -> None:
     granted = [e for e in events if e.get("approval_id") == approval_id]
     assert granted and granted[0]["subject"] == "olga", events
     print(f"labextension e2e: approval -> cell continued in {continued:.2f} s; whole test {time.monotonic() - started:.1f} s")
+
+
+def _post(server: LabServer, path: str, body: dict[str, Any] | None, auth: bool = True) -> httpx.Response:
+    headers = {"authorization": f"token {server.token}"} if auth else {}
+    return httpx.post(f"{server.url}/warden/api/{path}", json=body, headers=headers, timeout=30)
+
+
+def _held(setup: Setup, sub: str, groups: list[str], sql: str) -> str:
+    from warden.gateway.client import GatewayClient, Held
+
+    token = setup.issuer.issue(sub=sub, groups=groups, region="emea", expires_in=600)
+    with GatewayClient(setup.gateway.gw.url, token=token) as c, pytest.raises(Held) as held:
+        c.run("pg", sql)
+    return str(held.value.approval["id"])
+
+
+def test_decisions_through_the_server_keep_the_binding_rules(setup: Setup) -> None:
+    """The server extension only relays: the gateway refuses self-approval (same subject
+    through another token), a decision without a reason, a second decision; and the
+    server's own authentication guards the API (the browser has no gateway token)."""
+    own = _held(setup, "olga", ["owners", "analysts"], "SELECT id FROM customers WHERE email = 'x@y.example'")
+    refused = _post(setup.approver, f"approvals/{own}/approve", {"reason": "mine"})
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "approval/self-approval", refused.text
+
+    other = _held(setup, "ana", ["analysts"], "SELECT id FROM customers WHERE email = 'z@y.example'")
+    assert _post(setup.analyst, f"approvals/{other}/approve", {"reason": "please"}).status_code == 403  # not an approver
+    assert _post(setup.approver, f"approvals/{other}/deny", {"reason": " "}).status_code == 400
+    assert _post(setup.approver, f"approvals/{other}/deny", {"reason": "use the staging copy"}, auth=False).status_code == 403
+    denied = _post(setup.approver, f"approvals/{other}/deny", {"reason": "use the staging copy"})
+    assert denied.status_code == 200 and denied.json()["status"] == "denied" and denied.json()["decided_by"] == "olga"
+    again = _post(setup.approver, f"approvals/{other}/approve", {"reason": "changed my mind"})
+    assert again.status_code == 409, again.text
+
+    mine = setup.analyst.api("warden/api/approvals")
+    assert mine["subject"] == "ana" and mine["approver"] is False
+    assert {a["id"]: a["status"] for a in mine["approvals"]}[other] == "denied"
+    assert all(a["requester"] == "ana" for a in mine["approvals"])
+    status = setup.analyst.api("warden/api/status")
+    assert status["whoami"]["subject"] == "ana" and status["health"]["mode"] == "shared"
+    assert "token" not in json.dumps(status).lower()  # nothing of the gateway token reaches the browser
