@@ -259,3 +259,23 @@ def test_sqlplot_boxplot_bar_pie(jk: Kernel) -> None:
 def test_sqlplot_over_a_denied_table_is_denied(jk: Kernel) -> None:
     text = fails(jk, "%sqlplot histogram --connection pg --table secrets --column id")
     assert "Denied" in text and "secrets" in text
+
+
+# -- 7. SQL over the kernel's own DataFrames ------------------------------------------------------
+
+
+def test_local_dataframes_run_in_the_kernel(jk: Kernel) -> None:
+    ok(jk, "import pandas as pd\nmy_df = pd.DataFrame({'x': [1, 2, 3], 'y': ['a', 'b', 'c']})\nlo = 1")
+    ok(jk, "loc = %sql local SELECT sum(x) AS s, string_agg(y, '') AS ys FROM my_df WHERE x > {{lo}}")
+    assert jk.eval_json("[int(loc['s'][0]), loc['ys'][0], loc.attrs['warden']['connection'], loc.attrs['warden']['frames']]") == [
+        5, "bc", "local", {"my_df": [3, 2]}]  # fmt: skip
+    assert jk.eval_json("[e for e in get_ipython().kernel.warden.history if e['type'] == 'query.local'][-1]['frames']") == {"my_df": [3, 2]}
+    # a frame warden masked stays masked, and says so
+    ok(jk, "masked_src = %sql pg SELECT id, email FROM customers ORDER BY id\nm2 = %sql local SELECT email FROM masked_src")
+    assert jk.eval_json("[m2['email'][0], list(m2.attrs['warden']['masked'])]") == ["****@analytical.example", ["email"]]
+    # the embedded DuckDB reads no files and no other database
+    text = fails(jk, "%sql local SELECT * FROM read_csv('/etc/passwd')")
+    assert "no database was touched" in text and "root:" not in text
+    # and back to the gateway's connections
+    ok(jk, "back = %sql dk SELECT count(*) AS n FROM orders")
+    assert jk.eval_json("back.attrs['warden']['connection']") == "dk"

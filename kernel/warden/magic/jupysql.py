@@ -100,3 +100,30 @@ def refuse_engine_variable(magic: SqlMagic, name: str, connections: Callable[[],
     message = engine_variable_message(name, shell.user_ns[name], known)
     if message is not None:
         raise MagicSyntaxError(message)
+
+
+def deliver_local(magic: SqlMagic, parsed: MagicLine, bound: Any, namespace: dict[str, Any]) -> Any:
+    """``%sql local …``: run on the kernel's embedded DuckDB (:mod:`warden.magic.local`)
+    and hand the result over as a gateway result would be."""
+    from warden.kernel.events import now_iso
+    from warden.magic.local import run_local
+
+    session = magic.session
+    df, record = run_local(bound, namespace, cell_run_id=str(session.context().get("cell_run_id", "")))
+    session.record_query({**record, "time": now_iso()})
+    out = shape_output(magic, df, parsed.format is not None)
+    if parsed.format == "arrow":
+        import pyarrow as pa
+
+        from warden.magic.results import to_output
+
+        out = to_output(pa.Table.from_pandas(df, preserve_index=False), df.attrs["warden"], "arrow")
+    if magic.shell is not None:
+        magic.shell.user_ns["_sql_results"] = [out]
+    if assign_columns(magic, out):
+        return None
+    if parsed.target:
+        if magic.shell is not None:
+            magic.shell.user_ns[parsed.target] = out
+        return None
+    return None if parsed.quiet else out

@@ -216,6 +216,8 @@ class SqlMagic(Magics, JupySQLSettings):
             jupysql.refuse_engine_variable(self, parsed.connection, lambda: session.known_connections() or [])
         connection = self._pick_connection(parsed, session)
         bound = bind(sql, lookup)
+        if connection == "local" and "local" not in (session.known_connections() or []):
+            return jupysql.deliver_local(self, parsed, bound, {**user_ns, **local_ns})  # the kernel's own DataFrames
         client = self._client(session)
         result, stream = self._run_with_approval(client, session, connection, bound, parsed)
         return self._deliver(result, stream, session, connection, parsed)
