@@ -145,7 +145,17 @@ def _live_catalog(conn: Connection, policy: Policy) -> Catalog:
             path = Path(policy.source).resolve().parent / path
         if not path.exists():
             raise WardenError(f"connection {conn.name!r}: DuckDB file {path} does not exist")
-        return load_catalog("duckdb", str(path))
+        import duckdb
+
+        from warden.demo import in_use_message
+
+        try:
+            return load_catalog("duckdb", str(path))
+        except (duckdb.Error, WardenError) as exc:
+            message = in_use_message(path, exc)  # the gateway holds the file: say what to do, not DuckDB's lock text
+            if message is None:
+                raise
+            raise WardenError(f"{message} (Or give warden explain a catalog file: --catalog FILE.)") from None
     dsn = connection_dsn(conn)
     return load_catalog("postgres", dsn)
 

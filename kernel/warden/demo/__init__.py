@@ -113,12 +113,88 @@ TOUR: list[tuple[str, str, frozenset[str], dict[str, str]]] = [
 ]
 
 
+def in_use_message(path: Path | str, exc: BaseException) -> str | None:
+    """What to do when a DuckDB file is locked by another process (the local gateway holds
+    the demo database open for as long as it runs); None for any other error."""
+    text = str(exc).lower()
+    if "could not set lock" not in text and "conflicting lock" not in text:
+        return None
+    from warden.gateway.local import runtime_dir
+
+    pid_file = runtime_dir() / "gateway.pid"
+    who = "another process"
+    stop = "stop that process"
+    try:
+        pid = int(pid_file.read_text().strip())
+        who, stop = f"the local warden gateway (pid {pid})", f"stop it with `kill {pid}` (it drains and checkpoints; the next warden kernel starts it again)"
+    except (OSError, ValueError):
+        pass
+    return f"{path} is open in {who}, and DuckDB lets one process hold a database file. Go through the gateway (a %%sql cell in the warden kernel), or {stop} and try again."
+
+
 def run_demo(directory: str | None = None) -> int:
-    from warden.masking.detectors import scan_and_mask
+    import duckdb as _duckdb
+
+    from warden.errors import WardenError
 
     d = ensure_demo(directory)
+    try:
+        catalog = load_duckdb_catalog(str(d / "demo.duckdb"))
+    except (_duckdb.Error, WardenError) as exc:
+        message = in_use_message(d / "demo.duckdb", exc)
+        if message is None:
+            raise
+        # The local gateway holds the file: the tour goes through it instead.
+        return _demo_through_gateway(d, message)
+    return _run_demo(d, catalog)
+
+
+def _demo_through_gateway(d: Path, message: str) -> int:
+    from warden.errors import WardenError
+    from warden.gateway.client import Denied, GatewayClient, GatewayError, Held
+    from warden.gateway.local import runtime_dir
+
+    run = runtime_dir()
+    try:
+        token = (run / "token").read_text().strip()
+    except OSError:
+        raise WardenError(message) from None
+    print(f"warden demo — the demo database is in use by the local gateway, so the tour goes through it ({run / 'gateway.sock'})")
+    print("as you (the local gateway's identity: group analysts, region emea); tour steps for other groups are skipped\n")
+    import httpx
+
+    with GatewayClient("http://warden", token=token, transport=httpx.HTTPTransport(uds=str(run / "gateway.sock"))) as client:
+        for title, sql, groups, _attrs in TOUR:
+            if "analysts" not in groups:
+                print(f"== {title}\n   (as group {','.join(sorted(groups))}: skipped through the gateway)\n")
+                continue
+            print(f"== {title}\n   sql: {sql}")
+            try:
+                result = client.run("demo", sql, context={"notebook_path": "warden demo"})
+            except Denied as exc:
+                print(f"   decision: DENY — {'; '.join(str(r.get('message')) for r in exc.body.get('reasons', []))}\n")
+                continue
+            except Held as exc:
+                print(f"   decision: HOLD — approval request {exc.approval.get('id')} (warden approvals list)\n")
+                continue
+            except GatewayError as exc:
+                raise WardenError(f"the local gateway did not answer: {exc}. {message}") from None
+            print(f"   decision: {str(result.header.get('action', '')).upper()}")
+            for st in result.statements:
+                for f in st.detectors:
+                    print(f"   detector {f.get('detector')} masked {f.get('rows')} value(s) in {f.get('column')}")
+                if st.table is not None:
+                    print(_indent(st.table.to_pandas().to_string(index=False)))
+            print()
+    return 0
+
+
+def _run_demo(d: Path, catalog: object) -> int:
+    from warden.masking.detectors import scan_and_mask
+    from warden.sql.catalog import Catalog
+
+    assert isinstance(catalog, Catalog)
     policy = load_policy(d / "policy.yaml")
-    catalog = load_duckdb_catalog(str(d / "demo.duckdb"))
     print(f"warden demo — database and policy in {d}\n")
     con = duckdb.connect(str(d / "demo.duckdb"), read_only=True)
     try:

@@ -286,6 +286,17 @@ def _store_options(config: GatewayConfig) -> dict[str, Any]:
     return opts
 
 
+def _remove_runtime_files(sock: Path) -> None:
+    """A stopped gateway leaves neither its socket nor its pid file (local mode writes
+    ``gateway.pid`` next to the socket): a stale pid may name another process later."""
+    with contextlib.suppress(FileNotFoundError):
+        sock.unlink()
+    pid_file = sock.with_name("gateway.pid")
+    with contextlib.suppress(OSError, ValueError):
+        if int(pid_file.read_text().strip()) == os.getpid():
+            pid_file.unlink()
+
+
 def serve(config_path: str | Path, *, overrides: dict[str, Any] | None = None) -> int:
     """Run the gateway until SIGTERM/SIGINT; then drain running cells and flush the audit."""
     import uvicorn
@@ -301,6 +312,8 @@ def serve(config_path: str | Path, *, overrides: dict[str, Any] | None = None) -
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
         built.close()
+        if config.unix_socket:
+            _remove_runtime_files(Path(config.unix_socket))
         print(f"warden gateway {config.gateway_id} stopped: running cells drained, audit store closed", flush=True)
 
     built.app.router.lifespan_context = lifespan
