@@ -9,11 +9,15 @@ compose.md (snippets that use snippets), howto (``x <<``).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
+import yaml
 
-from test_kernel import Kernel, all_text, analyst, gateway, issuer, kernelspec, pg_data  # noqa: F401 - fixtures
+from gateway_harness import GatewayProcess, seed_duckdb
+from oidc_issuer import OIDCIssuer
+from test_kernel import Kernel, all_text, analyst, gateway, issuer, kernel_env, kernelspec, pg_data  # noqa: F401 - fixtures
 
 
 def ok(k: Kernel, code: str) -> str:
@@ -194,7 +198,7 @@ def test_engine_variable_is_refused_at_once(jk: Kernel) -> None:
 
 
 def test_jupysql_only_flags_are_refused_with_the_reason(jk: Kernel) -> None:
-    assert "gateway decided like an INSERT" in fails(jk, "import pandas as pd\nmy_data = pd.DataFrame({'x': [1]})\n%sql dk --persist my_data")
+    assert "not a DataFrame" in fails(jk, "%sql dk --persist no_such_frame")
     assert "--creator" in fails(jk, "%sql -c func")
 
 
@@ -279,3 +283,59 @@ def test_local_dataframes_run_in_the_kernel(jk: Kernel) -> None:
     # and back to the gateway's connections
     ok(jk, "back = %sql dk SELECT count(*) AS n FROM orders")
     assert jk.eval_json("back.attrs['warden']['connection']") == "dk"
+
+
+# -- 7. --persist / --append: a write through the gateway, decided like an INSERT ---------------------
+
+
+def test_persist_is_decided_like_an_insert(jk: Kernel) -> None:
+    # the analyst role may only SELECT: the write is denied by the gateway, nothing is written
+    text = fails(jk, "import pandas as pd\nmy_data = pd.DataFrame({'x': range(3), 'y': range(3)})\n%sql dk --persist my_data")
+    assert "Denied" in text and "nothing ran" in text
+    assert "my_data" not in jk.eval_json("sorted(get_ipython().run_line_magic('sqlcmd', 'tables --connection dk').data)")
+
+
+@pytest.fixture(scope="module")
+def writer(kernelspec: str, issuer: OIDCIssuer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kernel]:  # noqa: F811 - the imported fixture
+    work = tmp_path_factory.mktemp("persistgw")
+    seed_duckdb(work / "data.duckdb")
+    policy = {"version": 1, "connections": {"dk": {"dialect": "duckdb", "path": "data.duckdb"}},
+              "classifications": {"pii.email": ["*.*.customers.email"]},
+              "roles": {"eng": {"members": {"groups": ["eng"]}, "statements": ["select", "insert", "ddl"], "masks": {"pii.email": "email"}}}}  # fmt: skip
+    (work / "policy.yaml").write_text(yaml.safe_dump(policy))
+    config = {"gateway_id": "gw-persist", "mode": "shared", "policy": "policy.yaml", "state_dir": "state",
+              "auth": {"mode": "oidc", "issuer": issuer.issuer, "audience": "warden"}}  # fmt: skip
+    gw = GatewayProcess(work, dict(os.environ), config).start()
+    token = issuer.issue(sub="eve", groups=["eng"], expires_in=3600)
+    k = Kernel(kernelspec, kernel_env(WARDEN_GATEWAY_URL=gw.url, WARDEN_TOKEN=token))
+    try:
+        yield k
+    finally:
+        k.stop()
+        gw.stop()
+
+
+def test_persist_replace_append_through_the_gateway(writer: Kernel) -> None:
+    # JupySQL's examples (api/magic-sql.md: Create table, without index, Append to table)
+    ok(writer, "import pandas as pd\nmy_data = pd.DataFrame({'x': range(3), 'y': range(3)})")
+    text = ok(writer, "%sql dk --persist my_data")
+    assert "wrote 3 rows into my_data on dk through the gateway" in text
+    ok(writer, "back = %sql dk SELECT * FROM my_data ORDER BY x")
+    assert writer.eval_json("[list(back.columns), back.dict()['x']]") == [["index", "x", "y"], [0, 1, 2]]
+    ok(writer, "my_chars = pd.DataFrame({'char': ['a', 'b', 'c']})\n%sql dk --persist my_chars --no-index")
+    ok(writer, "chars = %sql dk SELECT * FROM my_chars")
+    assert writer.eval_json("[list(chars.columns), sorted(chars.dict()['char'])]") == [["char"], ["a", "b", "c"]]
+    ok(writer, "my_data = pd.DataFrame({'x': range(3, 6), 'y': range(3, 6)})\n%sql dk --append my_data")
+    ok(writer, "n = %sql dk SELECT count(*) AS n, max(x) AS top FROM my_data")
+    assert writer.eval_json("[int(n['n'][0]), int(n['top'][0])]") == [6, 5]
+    # persisting twice fails in the database; --persist-replace replaces
+    assert "failed" in fails(writer, "%sql dk --persist my_chars --no-index")
+    ok(writer, "my_chars = pd.DataFrame({'char': ['z']})\n%sql dk --persist-replace my_chars --no-index")
+    ok(writer, "chars = %sql dk SELECT * FROM my_chars")
+    assert writer.eval_json("chars.dict()") == {"char": ["z"]}
+    # a frame with masked columns is written as the user saw it: masked
+    ok(writer, "contacts = %sql dk SELECT id, email FROM customers ORDER BY id")
+    text = ok(writer, "%sql dk --persist contacts --no-index")
+    assert "email held masked values and were written masked" in text
+    ok(writer, "copy = %sql dk SELECT email FROM contacts ORDER BY id")
+    assert writer.eval_json("copy.dict()['email'][0]") == "****@analytical.example"

@@ -106,7 +106,6 @@ def test_connection_strings_without_passwords_are_refused_too(line: str) -> None
     ("line", "fragment"),
     [
         ("--alias x", "policy"),
-        ("--persist df", "not supported"),
         ("--bogus", "unknown option"),
         ("--format csv", "pandas, arrow, polars"),
         ("--wait soon", "seconds"),
@@ -115,8 +114,6 @@ def test_connection_strings_without_passwords_are_refused_too(line: str) -> None
         ("--limit", "needs a value"),
         ("a << b <<", "two assignment targets"),
         ("-c select", "--creator"),
-        ("-n", "--no-index"),
-        ("-p df", "gateway decided like an INSERT"),
         ("--interact x", "widgets"),
         ("-S bad-name", "snippet name"),
         ("-q=1", "no value"),
@@ -139,6 +136,9 @@ JUPYSQL_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--with a -w b", {"with_": ("a", "b")}),
     ("-f q.sql", {"file": "q.sql"}),
     ("--file=dir/q.sql demo", {"file": "dir/q.sql", "connection": "demo"}),
+    ("demo -p", {"persist": True, "connection": "demo"}),
+    ("-P -n", {"persist_replace": True, "no_index": True}),
+    ("--append", {"append": True}),
 ]
 
 

@@ -195,6 +195,10 @@ class SqlMagic(Magics, JupySQLSettings):
         session = self.session
         if parsed.list_connections:
             return self._connections_report(session)
+        if parsed.writes_frame:  # --persist/--append: a write through the gateway, decided like an INSERT
+            from warden.magic.persist import persist
+
+            return persist(self, parsed, {**(self.shell.user_ns if self.shell is not None else {}), **local_ns})
         if parsed.switch_only and not parsed.file:
             jupysql.refuse_engine_variable(self, str(parsed.connection), lambda: session.known_connections() or [])
             self._connection = parsed.connection
@@ -653,10 +657,27 @@ def _denial(exc: Denied, sql: str) -> Denied:
         if rule == "fail-closed/parse-error":
             lines.append(_parse_error_text(sql, text, where))
         else:
+            where = where or _find_name(sql, text)
             lines.append(text + (_caret(sql, where) if where else ""))
     if others:
         lines.append("the policy also denies it: " + "; ".join(f"[{r}] {m}" for r, m in others))
     return SqlError("your SQL has an error — nothing ran" + event + "\n" + "\n".join(lines), code="sql-error", body=body)
+
+
+def _find_name(sql: str, message: str) -> tuple[int, int] | None:
+    """Where the name a message quotes (``column 'idd'``, ``table custmers``) first
+    appears in the cell as a word, when the gateway gave no position."""
+    import re
+
+    found = re.search(r"(?:column|table) '?([\w.]+?)'?(?:[ ;,]|$)", message)
+    if found is None:
+        return None
+    name = found.group(1).split(".")[-1]
+    for n, line in enumerate(sql.splitlines(), start=1):
+        hit = re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)|(?<=\.){re.escape(name)}(?!\w)", line, re.IGNORECASE)
+        if hit:
+            return n, hit.end()
+    return None
 
 
 def _caret(sql: str, where: tuple[int, int]) -> str:

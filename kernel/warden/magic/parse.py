@@ -82,6 +82,14 @@ class MagicLine:
     with_: tuple[str, ...] = ()  # -w/--with NAME (repeatable): snippets to put in front as CTEs
     no_execute: bool = False  # -N/--no-execute: only save
     file: str | None = None  # -f/--file PATH: the SQL comes from this file (the kernel reads it)
+    persist: bool = False  # -p/--persist VAR: write the DataFrame through the gateway
+    persist_replace: bool = False  # -P/--persist-replace VAR
+    append: bool = False  # --append VAR
+    no_index: bool = False  # -n/--no-index (with the three above)
+
+    @property
+    def writes_frame(self) -> bool:
+        return self.persist or self.persist_replace or self.append
 
     @property
     def switch_only(self) -> bool:
@@ -92,6 +100,8 @@ class MagicLine:
 _FLAGS = {
     "--no-raise": "no_raise", "--quiet": "quiet", "-q": "quiet", "--connections": "list_connections", "-l": "list_connections",
     "--no-execute": "no_execute", "-N": "no_execute",
+    "--persist": "persist", "-p": "persist", "--persist-replace": "persist_replace", "-P": "persist_replace",
+    "--append": "append", "--no-index": "no_index", "-n": "no_index",
 }  # fmt: skip
 _VALUED = {
     "--connection": "connection",
@@ -104,10 +114,6 @@ _VALUED = {
     "--file": "file", "-f": "file",
 }  # fmt: skip
 _GATEWAY_OWNS = "the gateway owns every database connection; name one of its connections (`%sql --connections` lists them)"
-_PERSIST = (
-    "writing a DataFrame into a database is not supported yet: it would be a write through the "
-    "gateway decided like an INSERT (docs/kernel.md, JupySQL compatibility). Nothing was written"
-)
 _UNSUPPORTED = {
     "--alias": "connection aliases come from the gateway's policy, not from the notebook",
     "-A": "connection aliases come from the gateway's policy, not from the notebook",
@@ -115,14 +121,13 @@ _UNSUPPORTED = {
     "--close": _GATEWAY_OWNS, "-x": _GATEWAY_OWNS,
     "--section": _GATEWAY_OWNS, "-s": "-s is JupySQL's --section (a DSN file); " + _GATEWAY_OWNS,
     "--connection_arguments": _GATEWAY_OWNS, "--connection-arguments": _GATEWAY_OWNS, "-a": "-a is JupySQL's --connection_arguments; " + _GATEWAY_OWNS,
-    "--persist": _PERSIST, "-p": _PERSIST, "--persist-replace": _PERSIST, "-P": _PERSIST, "--append": _PERSIST,
-    "--no-index": _PERSIST, "-n": "-n is JupySQL's --no-index (with --persist); " + _PERSIST + " (warden's row limit is --limit ROWS)",
     "--interact": "interactive widgets are not supported: bind the widget's value with {{var}} and re-run the cell",
 }  # fmt: skip
 OPTIONS_HELP = (
     "options: NAME (connection), VAR << (assign), --connection NAME, --format pandas|arrow|polars, "
     "--limit ROWS, --wait SECONDS, --approval ID, --no-raise, -q/--quiet, -l/--connections, "
-    "-S/--save NAME, -w/--with NAME, -N/--no-execute, -f/--file PATH"
+    "-S/--save NAME, -w/--with NAME, -N/--no-execute, -f/--file PATH, -p/--persist, -P/--persist-replace, "
+    "--append, -n/--no-index"
 )
 
 
