@@ -52,3 +52,12 @@ def test_duckdb_cardinality_from_explain(tmp_path: Path) -> None:
     finally:
         ex.close()
     assert _duckdb_cardinality({"name": "HASH_JOIN", "children": [{}, {}], "extra_info": {}}) is None  # unknown: the rule holds
+
+
+def test_a_name_without_a_position_is_found_in_the_cell() -> None:
+    from warden.magic.magics import _caret, _find_name
+
+    sql = "SELECT t.idd, name\nFROM customers t"
+    where = _find_name(sql, "cannot resolve column 'idd'; did you mean `id`?")
+    assert where == (1, 12) and _caret(sql, where) == "\nline 1: SELECT t.idd, name\n                 ^^^"
+    assert _find_name("SELECT 1", "cannot resolve column 'zzz'") is None
