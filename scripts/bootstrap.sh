@@ -23,3 +23,7 @@ if [ ! -x "$chp" ] && command -v npm >/dev/null 2>&1; then
   npm install --silent --no-audit --no-fund --prefix .node "configurable-http-proxy@$chp_version" >/dev/null
   "$chp" --version >/dev/null
 fi
+
+# The JupyterLab extension: labextension/ built into kernel/warden/labextension/ (shipped
+# in the wheel) and registered in .venv with the server extension; skipped when unchanged.
+bash scripts/build-labextension.sh

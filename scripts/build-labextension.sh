@@ -34,8 +34,15 @@ stamp=$out/.warden-src-hash
 if [ ! -f $out/package.json ] || [ ! -f $stamp ] || [ "$(cat $stamp)" != "$src_hash" ]; then
   echo "build-labextension: building $out"
   rm -rf $ext/lib $ext/tsconfig.tsbuildinfo
-  (cd $ext && node_modules/.bin/tsc)
-  (cd $ext && node node_modules/@jupyterlab/builder/lib/build-labextension.js --core-path "$core" . >/dev/null)
+  log=$(mktemp)
+  # webpack is chatty: its output is shown only when the build fails
+  if ! (cd $ext && node_modules/.bin/tsc && node node_modules/@jupyterlab/builder/lib/build-labextension.js --core-path "$core" .) >"$log" 2>&1; then
+    cat "$log" >&2
+    rm -f "$log"
+    echo "build-labextension: the build failed" >&2
+    exit 1
+  fi
+  rm -f "$log"
   echo "$src_hash" > $stamp
 fi
 
