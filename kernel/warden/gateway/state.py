@@ -51,8 +51,6 @@ _SCHEMA = (
     """,
 )
 
-BINDING_KINDS = ("session", "cell_run")
-
 
 class SessionBindings:
     """Session and cell-run ids, each bound to the subject that used it first."""
