@@ -44,7 +44,7 @@ def jk(analyst: Kernel, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ke
 
 def test_load_ext_sql_keeps_warden_and_says_so(jk: Kernel) -> None:
     text = ok(jk, "%load_ext sql")
-    assert "warden kernel" in text and "already loaded" in text
+    assert "warden's, already loaded" in text and "JupySQL's are not used" in text
     ok(jk, "%reload_ext sql")
     ok(jk, "n = %sql dk SELECT count(*) AS n FROM orders")
     assert jk.eval_json("int(n['n'][0])") == 20

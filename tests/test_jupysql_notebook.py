@@ -32,7 +32,7 @@ def test_jupysql_compose_notebook_runs_unchanged_but_for_the_connection(local_mo
     errors = [o for o in outputs if o.output_type == "error"]
     assert not errors, errors
     text = json.dumps(outputs)
-    assert "warden kernel" in text  # %load_ext sql said what it did
+    assert "warden's, already loaded" in text  # %load_ext sql said what it did
     # autolimit = 3: three rows came from the gateway (a header line and three rows)
     assert len(_results(code[2])[0].splitlines()) == 2 + 3, _results(code[2])  # header, rule, rows
     # the e-mail column is masked by the gateway, through the saved snippets too

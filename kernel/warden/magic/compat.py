@@ -26,7 +26,7 @@ JUPYSQL_EXTENSIONS = frozenset({"sql", "sql.magic"})
 PROTECTED = ("sql", "jupysql", "sqlcmd", "sqlplot")
 
 LOADED_NOTE = (
-    "warden: %load_ext {name} — this is the warden kernel: %sql and %%sql are warden's, already loaded. "
+    "warden: %load_ext {name} — %sql and %%sql here are warden's, already loaded (JupySQL's are not used). "
     "Queries go through the warden gateway; name a connection of its policy (`%sql --connections` lists them) "
     "instead of a connection string."
 )
