@@ -87,6 +87,34 @@ class SnippetStore:
 def references(sql: str, snippets: dict[str, str], exclude: str | None = None) -> list[str]:
     """Names of saved snippets that ``sql`` reads as relations, in order of appearance
     (names it defines as its own CTEs, and text in strings and comments, do not count)."""
+    if not snippets:
+        return []
+    parsed = _tables_by_parser(sql)
+    if parsed is not None:
+        return [n for n in parsed if n in snippets and n != exclude]
+    return _references_by_scan(sql, snippets, exclude)
+
+
+def _tables_by_parser(sql: str) -> list[str] | None:
+    """Unqualified table names the SQL reads that are not its own CTEs (sqlglot, which
+    the kernel has anyway), or None when it does not parse (the scan below decides)."""
+    try:
+        import sqlglot
+        from sqlglot import exp
+
+        trees = [t for t in sqlglot.parse(sql) if t is not None]
+    except Exception:  # any parser failure: fall back to the scan
+        return None
+    found: list[str] = []
+    for tree in trees:
+        own = {c.alias_or_name for c in tree.find_all(exp.CTE)}
+        for table in tree.find_all(exp.Table):
+            if not table.db and table.name and table.name not in own and table.name not in found:
+                found.append(table.name)
+    return found
+
+
+def _references_by_scan(sql: str, snippets: dict[str, str], exclude: str | None) -> list[str]:
     code = _QUOTED.sub(lambda m: " " * len(m.group(0)), sql)
     own = {m.group(1).lower() for m in _CTE_NAME.finditer(code)}
     found: list[str] = []
