@@ -15,7 +15,7 @@ data="${XDG_DATA_HOME:-$HOME/.local/share}/warden"
 work="$data/notebooks"
 started=$SECONDS
 
-step() { printf '[%s/6] %s\n' "$1" "$2"; }
+step() { printf '[%s/7] %s\n' "$1" "$2"; }
 done_in() { printf '      done (%ss)\n' "$((SECONDS - started))"; }
 
 step 1 "Python environment (.venv)"
@@ -37,15 +37,19 @@ else
 fi
 done_in
 
-step 3 "the 'Python 3 (warden)' kernel"
+step 3 "the JupyterLab extension (status bar, approvals, audit timeline; needs npm)"
+bash scripts/build-labextension.sh
+done_in
+
+step 4 "the 'Python 3 (warden)' kernel"
 .venv/bin/warden install --sys-prefix >/dev/null
 done_in
 
-step 4 "demo data (DuckDB database and policy)"
+step 5 "demo data (DuckDB database and policy)"
 .venv/bin/python -c 'from warden.demo import ensure_demo; print("      in", ensure_demo())'
 done_in
 
-step 5 "notebooks: a working copy in $work"
+step 6 "notebooks: a working copy in $work"
 # JupyterLab autosaves and adds checkpoints and Untitled notebooks: never in the repo.
 mkdir -p "$work"
 chmod 700 "$work"
@@ -60,7 +64,7 @@ for nb in notebooks/*.ipynb; do
 done
 done_in
 
-step 6 "JupyterLab (the warden kernel is the default; the first cell starts your gateway)"
+step 7 "JupyterLab (the warden kernel is the default; the first cell starts your gateway)"
 extra=()
 [ "$(id -u)" = 0 ] && extra+=(--allow-root)  # containers and CI run as root
 # Only the warden kernel: JupyterLab's kernel picker preselects the first Python kernel

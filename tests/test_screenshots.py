@@ -89,7 +89,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
 def test_run_script_shows_progress_and_serves_a_working_copy(lab: dict[str, Any]) -> None:
     out = lab["prep"]
-    assert [line.split("]")[0] for line in out.splitlines() if line.startswith("[")] == [f"[{n}/6" for n in range(1, 7)]
+    assert [line.split("]")[0] for line in out.splitlines() if line.startswith("[")] == [f"[{n}/7" for n in range(1, 8)]
     assert (lab["work"] / "quickstart.ipynb").exists()
     assert "--notebook-dir" in out and str(lab["work"]) in out and "--MappingKernelManager.default_kernel_name=warden" in out
 
