@@ -123,6 +123,21 @@ def test_the_gateway_decides_on_the_expanded_sql(jk: Kernel) -> None:
     assert "tok-should-never-leak" not in text
 
 
+def test_the_gateway_records_the_expanded_sql(jk: Kernel, gateway: GatewayProcess, issuer: OIDCIssuer) -> None:  # noqa: F811 - the imported fixtures
+    from warden.gateway.client import GatewayClient
+
+    ok(jk, "%%sql dk --save recorded_snippet --no-execute\nSELECT id FROM orders WHERE amount > 29")
+    ok(jk, "rec = %sql dk SELECT count(*) AS n FROM recorded_snippet")
+    assert jk.eval_json("int(rec['n'][0])") == 1
+    event_id = jk.eval_json("rec.attrs['warden']['event_id']")
+    session_id = jk.eval_json("__import__('warden.kernel.session', fromlist=['x']).get_session().session_id")
+    with GatewayClient(gateway.url, token=issuer.issue(sub="aud", groups=["audit"])) as auditor:
+        events = auditor.audit(session_id=session_id, limit="500")
+    decision = next(e for e in events if e.get("event_id") == event_id)
+    assert "recorded_snippet AS (" in decision["sql"] and "orders" in decision["sql"]
+    assert "orders" in str(decision["objects"])  # the snippet's table is recorded as read
+
+
 def test_with_unknown_snippet_is_a_clear_error(jk: Kernel) -> None:
     text = fails(jk, "%%sql dk --with nothing_saved\nSELECT 1")
     assert "no snippet of that name" in text
