@@ -129,6 +129,7 @@ def test_held_cell_approved_from_the_panel(setup: Setup) -> None:
 
             # 2. the approver sees it in the panel and approves with a reason
             olga = open_lab(browser, setup.approver)
+            olga.wait_for_selector(".lm-TabBar-tab.warden-tab-pending[data-id='warden-approvals']", timeout=20_000)
             open_panel(olga, "warden-approvals")
             card = olga.locator(".warden-queue .warden-approval").first
             card.wait_for(timeout=15_000)
