@@ -392,7 +392,7 @@ def _install_fast_init(cls: type) -> None:
     source = (
         f"def __init__(self, *, {', '.join(params)}):\n"
         f"    self.__dict__.update({{{', '.join(items)}}})\n"
-        "    self.__post_init__()\n"
+        + ("    self.__post_init__()\n" if hasattr(cls, "__post_init__") else "")
     )
     exec(source, namespace)
     init = namespace["__init__"]
@@ -464,6 +464,9 @@ class AuditEvent(_Content, _Chain):
             values[name] = value
         return cls(**values)
 
+
+# Rows read back (verify, export, queries) build sealed records: the same one-step fill.
+_install_fast_init(AuditEvent)
 
 #: Annotation -> kind. The kind drives validation, the SQL and Arrow column types and
 #: parsing rows back: str, int, float, time, list (of str), json.
