@@ -41,6 +41,8 @@ class LabServer:
     port: int = 0
     token: str = field(default_factory=lambda: secrets.token_hex(16))
     proc: subprocess.Popen[bytes] | None = None
+    #: the Jupyter runtime dir (local mode keeps the gateway's socket there: keep it short)
+    runtime_dir: Path | None = None
 
     @property
     def url(self) -> str:
@@ -61,7 +63,7 @@ class LabServer:
         if not self.warden_extension:
             (config / "labconfig" / "page_config.json").write_text(json.dumps({"disabledExtensions": {"jupyterlab-warden": True}}))
         env = {k: v for k, v in self.env.items()}
-        env.update(JUPYTER_CONFIG_DIR=str(config), JUPYTER_RUNTIME_DIR=str(home / "runtime"), JUPYTER_DATA_DIR=str(home / "data"))
+        env.update(JUPYTER_CONFIG_DIR=str(config), JUPYTER_RUNTIME_DIR=str(self.runtime_dir or home / "runtime"), JUPYTER_DATA_DIR=str(home / "data"))
         if kernelspec_path:
             env["JUPYTER_PATH"] = kernelspec_path
         args = [
