@@ -74,12 +74,15 @@ def test_many_clients_no_lost_or_duplicated_records(env: dict[str, Any]) -> None
     done: list[str] = []
     failures: list[str] = []
     lock = threading.Lock()
-    stop_at = time.monotonic() + 4.0
+    # A fixed amount of work (not a time window): correctness under concurrency, not
+    # speed, which the benchmarks measure. The deadline only bounds a hung gateway.
+    per_worker = 3
+    stop_at = time.monotonic() + 180.0
 
     def worker(n: int) -> None:
-        with httpx.Client(base_url=gw.url, headers=auth, timeout=30) as http:
+        with httpx.Client(base_url=gw.url, headers=auth, timeout=60) as http:
             i = 0
-            while time.monotonic() < stop_at and i < 200:
+            while time.monotonic() < stop_at and i < per_worker:
                 i += 1
                 session = f"load-{n}-{i}"
                 body = {"connection": "pg", "sql": f"SELECT id FROM customers WHERE id = {1 + i % 3}", "context": {"session_id": session}}
@@ -91,8 +94,8 @@ def test_many_clients_no_lost_or_duplicated_records(env: dict[str, Any]) -> None
     for t in threads:
         t.start()
     for t in threads:
-        t.join(60)
-    assert not failures and len(done) > 100
+        t.join(200)
+    assert not failures and len(done) == 50 * per_worker
     # Completions are committed just after each response: give the last ones a moment.
     deadline = time.monotonic() + 20
     while True:
