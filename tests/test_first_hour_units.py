@@ -48,7 +48,10 @@ def test_duckdb_cardinality_from_explain(tmp_path: Path) -> None:
         assert ex.estimate_rows("SELECT * FROM t LIMIT 0", []) == 0
         assert ex.estimate_rows("SELECT * FROM t", []) == 5000
         assert ex.estimate_rows("SELECT id + 1 AS x FROM t", []) == 5000  # a projection takes its child's
-        assert ex.estimate_rows("SELECT * FROM nope", []) is None
+        # A query that does not bind returns no row: it runs and fails with DuckDB's message.
+        assert ex.estimate_rows("SELECT id, sum(id) FROM t", []) == 0
+        assert ex.estimate_rows("SELECT * FROM nope", []) == 0
+        assert ex.estimate_rows("SELEC * FROM t", []) is None  # no plan at all: unknown, the rule holds
     finally:
         ex.close()
     assert _duckdb_cardinality({"name": "HASH_JOIN", "children": [{}, {}], "extra_info": {}}) is None  # unknown: the rule holds

@@ -174,3 +174,10 @@ def test_provably_empty_query_is_not_held(local: Kernel) -> None:
         assert reply["status"] == "ok", (sql, reply)
         assert "Held" not in _shown(outputs)
         assert local.eval_json("len(_)") == 0
+
+
+def test_a_query_that_does_not_bind_fails_instead_of_being_held(local: Kernel) -> None:
+    # No estimate because DuckDB cannot bind it: an approver would only approve an error.
+    reply, outputs = local.run("%%sql demo\nSELECT region, sum(amount) AS total FROM orders")
+    assert reply["status"] == "error" and reply["ename"] == "QueryFailed", reply
+    assert "GROUP BY" in reply["evalue"] and "Held" not in _shown(outputs)
