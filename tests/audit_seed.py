@@ -49,11 +49,14 @@ class SeededLog:
 
 
 def start_gateway(
-    workdir: Path, issuer: OIDCIssuer, *, capture: str = "sample:3", audit_dsn: str | None = None, limits: dict[str, int] | None = None
+    workdir: Path, issuer: OIDCIssuer, *, capture: str = "sample:3", audit_dsn: str | None = None, limits: dict[str, int] | None = None,
+    auditors: dict[str, list[str]] | None = None,
 ) -> GatewayProcess:
     seed_duckdb(workdir / "data.duckdb")
     policy = yaml.safe_load(yaml.safe_dump(POLICY))
     del policy["connections"]["pg"]
+    if auditors is not None:
+        policy["auditors"] = auditors
     (workdir / "policy.yaml").write_text(yaml.safe_dump(policy))
     config = {
         "gateway_id": "gw-audit",

@@ -209,3 +209,22 @@ def test_an_auditor_cannot_write_into_another_users_session(seeded: SeededLog) -
         assert refused.value.code == "session/not-yours"
         reads = rows(c, f"SELECT count(*) AS n FROM events WHERE session_id = '{SESSION}' AND type = 'audit.read'")
     assert reads == [{"n": 0}]
+
+
+def test_the_policy_auditors_section_decides_not_a_role_name(tmp_path: Path) -> None:
+    with OIDCIssuer(audience="warden") as issuer:
+        gw = start_gateway(tmp_path, issuer, auditors={"groups": ["compliance"], "users": ["svc-siem"]})
+        try:
+            def try_read(sub: str, groups: list[str]) -> str:
+                with GatewayClient(gw.url, token=issuer.issue(sub=sub, groups=groups)) as c:
+                    try:
+                        c.run("audit", "SELECT count(*) AS n FROM events")
+                    except Denied as denied:
+                        return ",".join(denied.rule_ids)
+                    return "ok"
+
+            assert try_read("carol", ["compliance"]) == "ok"
+            assert try_read("svc-siem", []) == "ok"
+            assert try_read("aud", ["audit"]) == "audit/not-auditor"  # the role 'auditor' alone no longer reads the log
+        finally:
+            gw.stop()
