@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -59,8 +58,7 @@ def setup(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) ->
 
     specs = tmp_path_factory.mktemp("specs")
     install_kernelspec(prefix=str(specs))
-    shutil.rmtree(ARTIFACTS, ignore_errors=True)
-    ARTIFACTS.mkdir(parents=True)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with OIDCIssuer(audience="warden") as issuer:
         work = tmp_path_factory.mktemp("labgw")
         with seeded_gateway(postgres, issuer.issuer, work, gateway_id="gw-lab") as gw:

@@ -194,11 +194,13 @@ export type CellState = 'held' | 'denied' | 'approved' | '';
 /** A cell's warden state from its output messages (class names the kernel's display
  * puts on them: warden-held, warden-denied, warden-ok), in output order. */
 export function cellStateFrom(messages: { kind: string; title: string }[]): CellState {
+  // The titles decide too: the display also draws a failed query or an unreachable
+  // gateway in these colours, and those are neither held nor denied by the policy.
   let state: CellState = '';
   for (const m of messages) {
-    if (m.kind === 'held') {
+    if (m.kind === 'held' && /held for approval/i.test(m.title)) {
       state = 'held';
-    } else if (m.kind === 'denied') {
+    } else if (m.kind === 'denied' && /^(The policy does not allow|Approval refused)/.test(m.title)) {
       state = 'denied';
     } else if (m.kind === 'ok' && /^Approved by/.test(m.title)) {
       state = 'approved';

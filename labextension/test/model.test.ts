@@ -63,11 +63,21 @@ describe('cellStateFrom', () => {
     expect(cellStateFrom([{ kind: 'held', title: 'Held for approval — nothing ran yet' }])).toBe('held');
     expect(
       cellStateFrom([
-        { kind: 'held', title: 'Held' },
+        { kind: 'held', title: 'Held for approval — nothing ran yet' },
         { kind: 'ok', title: 'Approved by bob — running the cell' }
       ])
     ).toBe('approved');
-    expect(cellStateFrom([{ kind: 'denied', title: 'Denied' }])).toBe('denied');
+    expect(cellStateFrom([{ kind: 'denied', title: 'The policy does not allow this — nothing ran' }])).toBe('denied');
+    expect(cellStateFrom([{ kind: 'held', title: 'Still held for approval — nothing ran' }])).toBe('held');
+    expect(
+      cellStateFrom([
+        { kind: 'held', title: 'Held for approval — nothing ran yet' },
+        { kind: 'denied', title: 'Approval refused — nothing ran' }
+      ])
+    ).toBe('denied');
+    // drawn in the same colours, but not the policy's doing
+    expect(cellStateFrom([{ kind: 'denied', title: 'The warden gateway is unavailable — nothing ran' }])).toBe('');
+    expect(cellStateFrom([{ kind: 'held', title: 'The query failed' }])).toBe('');
     expect(cellStateFrom([{ kind: 'ok', title: 'something else' }])).toBe('');
   });
 });

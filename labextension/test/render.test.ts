@@ -182,7 +182,7 @@ describe('markers', () => {
     decorateCell(held);
     expect(held.querySelectorAll('.warden-cell-badge')).toHaveLength(1);
     expect(cellState(held)).toBe('approved');
-    const denied = cellWithOutput('<div class="warden-message warden-denied"><div><b>Denied</b></div></div>');
+    const denied = cellWithOutput('<div class="warden-message warden-denied"><div><b>The policy does not allow this — nothing ran</b></div></div>');
     decorateCell(denied);
     expect(denied.querySelector('.warden-cell-badge')!.className).toContain('warden-cell-denied');
     const plain = cellWithOutput('<pre>42</pre>');
