@@ -21,6 +21,8 @@ CASES = [
     ("SELECT id FROM key", "is not in the catalog", ["`keys`", "did you mean"]),
     ("SELECT k.kk FROM secret.keys k", "deny_tables", ["`k`"]),
     ("SELECT zzzz FROM customers", "cannot resolve column 'zzzz'", ["did you mean"]),
+    # id exists in customers, but not in the derived table: never "did you mean `id`?"
+    ("SELECT x.id FROM (SELECT name FROM customers) x", "id", ["did you mean `id`"]),
 ]
 
 

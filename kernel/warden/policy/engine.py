@@ -207,6 +207,8 @@ def _suggestion(problem: Unresolved, roles: tuple[Role, ...], connection: str) -
     for relation, name in problem.candidates:
         if relation and not _may_see(roles, f"{connection}.{relation}"):
             continue
+        if name == problem.name:
+            continue  # it exists somewhere, but not where the query looks for it
         visible.append(name)
     close = difflib.get_close_matches(problem.name, list(dict.fromkeys(visible)), n=3, cutoff=0.6)
     if not close:

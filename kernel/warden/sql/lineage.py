@@ -415,24 +415,34 @@ class QueryLineage:
     def _record_clauses(self, scope: Scope) -> None:
         expr = scope.expression
         assert isinstance(expr, exp.Select)
-        # Clauses that stand for every projection: GROUP BY ALL, ORDER BY ALL and a
-        # plain DISTINCT group or sort by each (non-aggregate) output column.
-        group, order, distinct = expr.args.get("group"), expr.args.get("order"), expr.args.get("distinct")
-        whole: list[Usage] = []
-        if isinstance(group, exp.Group) and group.args.get("all"):
-            whole.append(Usage.GROUP)
-        if isinstance(distinct, exp.Distinct) and not distinct.args.get("on"):
-            whole.append(Usage.GROUP)
+        # ORDER BY ALL sorts by every (non-aggregate) output column: the order of the
+        # raw values shows through the masks.
+        group, order = expr.args.get("group"), expr.args.get("order")
         if isinstance(order, exp.Order) and any(
             isinstance(o, exp.Ordered) and isinstance(o.this, exp.Var) and o.this.name.upper() == "ALL" for o in order.expressions
         ):
-            whole.append(Usage.ORDER)
-        for usage in whole:
             for projection in expr.selects:
                 if projection.find(exp.AggFunc) is None:
-                    self._flow(projection.unalias(), scope, usage, record=True)
+                    self._flow(projection.unalias(), scope, Usage.ORDER, record=True)
+        # A GROUP BY key that is itself an output (GROUP BY 1, an alias, the same
+        # expression, GROUP BY ALL; a plain DISTINCT) is shown only through that
+        # output's mask: the groups reveal no more than the masked column does. Keys
+        # that are not outputs group by values the user never sees: those count.
+        if isinstance(group, exp.Group):
+            shown = [p.unalias() for p in expr.selects]
+            for key_expr in group.expressions:
+                if not any(key_expr == p for p in shown):
+                    self._flow(key_expr, scope, Usage.GROUP, record=True)
+            for part in ("grouping_sets", "cube", "rollup"):
+                for node in group.args.get(part) or []:
+                    if isinstance(node, exp.Expr):
+                        self._flow(node, scope, Usage.GROUP, record=True)
         for key, usage in _CLAUSE_USAGE.items():
+            if key == "group":
+                continue
             clause = expr.args.get(key)
+            if key == "distinct" and isinstance(clause, exp.Distinct) and not clause.args.get("on"):
+                continue  # DISTINCT over the outputs: as GROUP BY of output keys
             if isinstance(clause, exp.Expr):
                 self._flow(clause, scope, usage, record=True)
                 if usage is Usage.PREDICATE:
