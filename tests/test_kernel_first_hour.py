@@ -148,19 +148,27 @@ def test_detector_masks_are_marked_like_lineage_masks_and_year_shows_the_year(lo
     assert len(years) == 3 and all(re.fullmatch(r"19\d\d", y) for y in years), years  # 1973, not 1973-01-01
 
 
+def test_domain_aggregate_is_not_held(local: Kernel) -> None:
+    # Its grouping key is an output, masked: grouping reveals no more than selecting it.
+    reply, outputs = local.run("%%sql demo\nSELECT split_part(email, '@', 2) AS domain, count(*) AS n FROM customers GROUP BY 1")
+    assert reply["status"] == "ok", reply
+    assert "Held" not in _shown(outputs)
+    assert "domain" in local.eval_json("_.attrs['warden']['masked']")
+
+
 def test_local_self_approval_then_rerun(local: Kernel) -> None:
-    cell = "%%sql demo\nSELECT split_part(email, '@', 2) AS domain, count(*) AS n FROM customers GROUP BY 1"
+    cell = "%%sql demo\nSELECT count(*) AS n FROM customers WHERE ssn LIKE '1%'"
     reply, outputs = local.run(cell)
     assert reply["ename"] == "Held", reply
     box = next(c["data"]["text/plain"] for t, c in outputs if t == "display_data")
     found = re.search(r'%warden approve (apr_\w+) --reason "why"', box)
     assert found and "you may approve your own request" in box, box
     aid = found.group(1)
-    reply, outputs = local.run(f'%warden approve {aid} --reason "domain counts for the newsletter"')
+    reply, outputs = local.run(f'%warden approve {aid} --reason "checking the SSN import"')
     assert reply["status"] == "ok", reply
     decided = local.eval_json("_.data")
     assert decided["status"] == "approved" and decided["decided_by"] == decided["requester"]
-    assert decided["decision_reason"] == "self-approval (local mode): domain counts for the newsletter"
+    assert decided["decision_reason"] == "self-approval (local mode): checking the SSN import"
     reply, outputs = local.run(cell)  # the re-run finds the approved request
     assert reply["status"] == "ok", reply
     assert local.eval_json("_.attrs['warden']['approval_id']") == aid
