@@ -341,27 +341,15 @@ def _gateway(args: argparse.Namespace) -> int:
 
 
 def _client_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", default=os.environ.get("WARDEN_GATEWAY_URL", ""), help="gateway URL (env WARDEN_GATEWAY_URL)")
-    parser.add_argument("--socket", default=os.environ.get("WARDEN_GATEWAY_SOCKET", ""), help="gateway unix socket (env WARDEN_GATEWAY_SOCKET)")
-    parser.add_argument("--token-file", default=os.environ.get("WARDEN_TOKEN_FILE", ""), help="file holding the bearer token (env WARDEN_TOKEN_FILE; or WARDEN_TOKEN)")
+    from warden.gateway.cli_client import client_options
+
+    client_options(parser)
 
 
 def _client(args: argparse.Namespace) -> Any:
-    import httpx
+    from warden.gateway.cli_client import client_for
 
-    from warden.gateway.client import GatewayClient
-
-    token = os.environ.get("WARDEN_TOKEN", "")
-    if args.token_file:
-        try:
-            token = Path(args.token_file).read_text().strip()
-        except OSError as exc:
-            raise WardenError(f"cannot read token file {args.token_file}: {exc.strerror}") from None
-    if args.socket:
-        return GatewayClient("http://warden", token=token, transport=httpx.HTTPTransport(uds=args.socket))
-    if not args.url:
-        raise WardenError("say where the gateway is: --url URL or --socket PATH (or WARDEN_GATEWAY_URL)")
-    return GatewayClient(args.url, token=token)
+    return client_for(args)
 
 
 def _approvals_list(args: argparse.Namespace) -> int:

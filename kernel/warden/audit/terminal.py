@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
+
+from warden.gateway.cli_client import client_for, client_options
 
 EXIT_OK = 0
 EXIT_DENIED = 1
@@ -25,14 +25,14 @@ TAIL_MARK = "/* warden audit tail */"
 def register_live(actions: Any) -> None:
     q = actions.add_parser("query", help="run a SELECT over the live log's views (through the gateway)",
                            description="SQL over the views events, queries, objects, approvals, sessions, cells (docs/audit.md §9).")  # fmt: skip
-    _client_options(q)
+    client_options(q)
     q.add_argument("sql", help="the SQL ('-' reads standard input)")
     q.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output (default: an aligned table)")
     q.add_argument("--width", type=int, default=60, help="widest column in table output (longer values are cut with …)")
     q.set_defaults(func=_query)
 
     t = actions.add_parser("tail", help="the newest records of the live log; --follow for new ones as they come")
-    _client_options(t)
+    client_options(t)
     t.add_argument("-n", "--lines", type=int, default=20, help="how many records first (default 20)")
     t.add_argument("--follow", "-f", action="store_true", help="keep printing new records (Ctrl-C stops)")
     t.add_argument("--user", help="only this subject")
@@ -42,44 +42,10 @@ def register_live(actions: Any) -> None:
     t.set_defaults(func=_tail)
 
     r = actions.add_parser("replay", help="rebuild a session as a notebook from the log")
-    _client_options(r)
+    client_options(r)
     r.add_argument("session_id")
     r.add_argument("-o", "--out", required=True, help="notebook to write (e.g. session.ipynb)")
     r.set_defaults(func=_replay)
-
-
-def _client_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", default=os.environ.get("WARDEN_GATEWAY_URL", ""), help="gateway URL (env WARDEN_GATEWAY_URL)")
-    parser.add_argument("--socket", default=os.environ.get("WARDEN_GATEWAY_SOCKET", ""), help="gateway unix socket (env WARDEN_GATEWAY_SOCKET)")
-    parser.add_argument("--token-file", default=os.environ.get("WARDEN_TOKEN_FILE", ""), help="bearer token file (env WARDEN_TOKEN_FILE; or WARDEN_TOKEN)")
-
-
-def client_for(args: argparse.Namespace) -> Any:
-    """A gateway client from the options, or for the local-mode gateway if it runs."""
-    import httpx
-
-    from warden.errors import WardenError
-    from warden.gateway.client import GatewayClient
-
-    token = os.environ.get("WARDEN_TOKEN", "")
-    if args.token_file:
-        try:
-            token = Path(args.token_file).read_text().strip()
-        except OSError as exc:
-            raise WardenError(f"cannot read token file {args.token_file}: {exc.strerror}") from None
-    if args.url:
-        return GatewayClient(args.url, token=token)
-    socket = args.socket
-    if not socket:
-        from warden.gateway.local import runtime_dir
-
-        run = runtime_dir()
-        if not (run / "gateway.sock").exists():
-            raise WardenError("no gateway: give --url or --socket (or WARDEN_GATEWAY_URL), or start the local one (open a warden kernel)")
-        socket = str(run / "gateway.sock")
-        if not token and (run / "token").exists():
-            token = (run / "token").read_text().strip()
-    return GatewayClient("http://warden", token=token, transport=httpx.HTTPTransport(uds=socket))
 
 
 def _run(args: argparse.Namespace, sql: str) -> list[dict[str, Any]]:
