@@ -27,8 +27,10 @@ def uses(sql: str) -> set[tuple[str, str]]:
         ("SELECT id FROM customers WHERE ssn = 'x'", {("id", "projected"), ("ssn", "predicate")}),
         ("SELECT c.id FROM customers c JOIN orders o ON o.customer_id = c.id",
          {("id", "projected"), ("id", "join"), ("customer_id", "join")}),
+        # region is grouped by and also an output: "grouped" (shown only through its mask)
         ("SELECT region FROM customers GROUP BY region HAVING count(email) > 1",
-         {("region", "projected"), ("region", "group"), ("email", "predicate")}),
+         {("region", "projected"), ("region", "grouped"), ("email", "predicate")}),
+        ("SELECT count(*) FROM customers GROUP BY region", {("region", "group")}),
         ("SELECT id FROM customers ORDER BY name", {("id", "projected"), ("name", "order")}),
         ("SELECT lag(id) OVER (PARTITION BY region ORDER BY name) FROM customers",
          {("id", "projected"), ("region", "window"), ("name", "window")}),

@@ -132,7 +132,7 @@ def check_origins(
         if catalog is not None and rel is not None and rel.parent:
             root = catalog.root(rel)
             schema, table = root.schema, root.name
-        known = {(s.schema, s.table, s.column) for s in out.sources} | {(s.schema, s.table, s.column) for s in out.opaque}
+        known = {(s.schema, s.table, s.column) for s in out.sources}
         if (schema, table, column) not in known:
             traced = ", ".join(sorted(s.qualified for s in out.sources)) or "no column"
             raise ShapeMismatchError(

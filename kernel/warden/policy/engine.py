@@ -292,18 +292,6 @@ def _statement(
             # A declared function's result carries the columns it reads.
             extra = {c for key in out.functions for c in function_reads.get(key, ())}
             out = replace(out, sources=out.sources | frozenset(extra), transformed=True)
-        opaque_classes = classify.of(out.opaque)
-        if opaque_classes:
-            reasons.append(
-                Reason(
-                    "fail-closed/opaque-function",
-                    f"{label}: output column {out.name!r} passes {', '.join(sorted(opaque_classes))} data through a function "
-                    "warden does not know, so it cannot be masked reliably; use a known function or ask an admin",
-                    "deny",
-                    i,
-                )
-            )
-            continue
         classes = classify.of(out.sources)
         if not classes:
             continue

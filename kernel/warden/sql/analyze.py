@@ -606,7 +606,7 @@ def _select_into(stmt: exp.Query, into: exp.Into, base: StatementAnalysis, linea
     outs = lineage.analyse(query, usage=Usage.ASSIGNED)
     _relabel_projected(lineage, Usage.ASSIGNED)
     schema = target.db or lineage.search_path[0]
-    writes = tuple(ColumnWrite(ColumnRef(schema, target.name, o.name), o.sources | o.opaque) for o in outs)
+    writes = tuple(ColumnWrite(ColumnRef(schema, target.name, o.name), o.sources) for o in outs)
     return replace(base, kind="create", writes=(f"{schema}.{target.name}",), column_writes=writes)
 
 
@@ -723,7 +723,7 @@ def _insert(stmt: exp.Insert, base: StatementAnalysis, lineage: QueryLineage) ->
         outs = lineage.analyse(query, usage=Usage.ASSIGNED)
         _relabel_projected(lineage, Usage.ASSIGNED)
         writes = [
-            ColumnWrite(_ref(target_node, c), out.sources | out.opaque)
+            ColumnWrite(_ref(target_node, c), out.sources)
             for c, out in zip(columns, outs, strict=False)
         ]
     elif source is not None:
@@ -787,7 +787,7 @@ def _update_delete(stmt: exp.Update | exp.Delete, base: StatementAnalysis, linea
     writes: list[ColumnWrite] = []
     for (col, value), out in zip(assignments, outs, strict=False):
         ref = _ref(target_node, col)
-        writes.append(ColumnWrite(ref, out.sources | out.opaque))
+        writes.append(ColumnWrite(ref, out.sources))
         lineage.bind([n for n in value.find_all(exp.Literal)], frozenset({ref}) | out.sources)
     # Values read only to compute assignments are "assigned", not shown.
     _relabel_projected(lineage, Usage.ASSIGNED)
@@ -839,7 +839,7 @@ def _merge(stmt: exp.Merge, base: StatementAnalysis, lineage: QueryLineage) -> S
     outs = lineage.analyse(query, usage=Usage.ASSIGNED)
     sources: set[ColumnRef] = set()
     for out in outs:
-        sources |= out.sources | out.opaque
+        sources |= out.sources
     on = stmt.args.get("on")
     if isinstance(on, exp.Expr):
         probe = exp.select(exp.Literal.number(1)).from_(target_node.copy()).join(using.copy(), on=on.copy())
@@ -863,7 +863,7 @@ def _create(stmt: exp.Create, base: StatementAnalysis, lineage: QueryLineage) ->
         _relabel_projected(lineage, Usage.ASSIGNED)
         schema = target_node.db or lineage.search_path[0]
         writes = tuple(
-            ColumnWrite(ColumnRef(schema, target_node.name, o.name), o.sources | o.opaque) for o in outs
+            ColumnWrite(ColumnRef(schema, target_node.name, o.name), o.sources) for o in outs
         )
         return replace(base, writes=(f"{schema}.{target_node.name}",), column_writes=writes)
     return replace(base, writes=(target,))

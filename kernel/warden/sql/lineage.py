@@ -66,21 +66,18 @@ _MAX_RECURSIVE_ROUNDS = 64
 
 @dataclass
 class Flow:
-    """What flows from an expression: base columns, opaque ones, and whether it is a copy."""
+    """What flows from an expression: base columns, unreviewed calls, and whether it is a copy."""
 
     sources: set[ColumnRef] = field(default_factory=set)
-    opaque: set[ColumnRef] = field(default_factory=set)
     functions: set[str] = field(default_factory=set)  # unreviewed calls the value passes
     direct: bool = False
 
     def absorb(self, other: Flow) -> None:
         self.sources |= other.sources
-        self.opaque |= other.opaque
         self.functions |= other.functions
 
     def take(self, out: OutputColumn) -> None:
         self.sources |= out.sources
-        self.opaque |= out.opaque
         self.functions |= out.functions
 
     def output(self, name: str) -> OutputColumn:
@@ -88,7 +85,6 @@ class Flow:
             name=name,
             sources=frozenset(self.sources),
             transformed=bool(self.functions) or not (self.direct and len(self.sources) == 1),
-            opaque=frozenset(self.opaque),
             functions=frozenset(self.functions),
         )
 
@@ -428,11 +424,15 @@ class QueryLineage:
         # expression, GROUP BY ALL; a plain DISTINCT) is shown only through that
         # output's mask: the groups reveal no more than the masked column does. Keys
         # that are not outputs group by values the user never sees: those count.
+        if isinstance(group, exp.Group) and group.args.get("all"):
+            for projection in expr.selects:
+                if projection.find(exp.AggFunc) is None:
+                    self._flow(projection.unalias(), scope, Usage.GROUPED, record=True)
         if isinstance(group, exp.Group):
             shown = [p.unalias() for p in expr.selects]
             for key_expr in group.expressions:
-                if not any(key_expr == p for p in shown):
-                    self._flow(key_expr, scope, Usage.GROUP, record=True)
+                usage = Usage.GROUPED if any(key_expr == p for p in shown) else Usage.GROUP
+                self._flow(key_expr, scope, usage, record=True)
             for part in ("grouping_sets", "cube", "rollup"):
                 for node in group.args.get(part) or []:
                     if isinstance(node, exp.Expr):
@@ -442,7 +442,10 @@ class QueryLineage:
                 continue
             clause = expr.args.get(key)
             if key == "distinct" and isinstance(clause, exp.Distinct) and not clause.args.get("on"):
-                continue  # DISTINCT over the outputs: as GROUP BY of output keys
+                for projection in expr.selects:  # DISTINCT over the outputs: GROUP BY of output keys
+                    if projection.find(exp.AggFunc) is None:
+                        self._flow(projection.unalias(), scope, Usage.GROUPED, record=True)
+                continue
             if isinstance(clause, exp.Expr):
                 self._flow(clause, scope, usage, record=True)
                 if usage is Usage.PREDICATE:

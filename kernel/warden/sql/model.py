@@ -12,7 +12,8 @@ class Usage(StrEnum):
     PROJECTED = "projected"  # flows to the output (select list)
     PREDICATE = "predicate"  # WHERE, HAVING, QUALIFY
     JOIN = "join"  # JOIN ... ON / USING
-    GROUP = "group"
+    GROUP = "group"  # GROUP BY a key that is not an output, DISTINCT ON
+    GROUPED = "grouped"  # GROUP BY a key that is also an output: shown only through its mask
     ORDER = "order"
     WINDOW = "window"  # PARTITION BY / ORDER BY inside OVER (...)
     RETURNING = "returning"
@@ -73,8 +74,6 @@ class OutputColumn:
     """One output column and the base columns that flow into it.
 
     ``transformed`` is False only for a plain copy of exactly one base column.
-    ``opaque`` holds sources that pass through a function analysis does not know:
-    what comes out of it cannot be reasoned about, so a classified one denies.
     ``functions`` names the calls that are not reviewed built-ins (user-defined or
     unknown, ``schema.name`` or ``name``) whose result flows into this column: the
     policy's ``functions:`` section says what each reads, or the cell is denied.
@@ -83,7 +82,6 @@ class OutputColumn:
     name: str
     sources: frozenset[ColumnRef] = frozenset()
     transformed: bool = False
-    opaque: frozenset[ColumnRef] = frozenset()
     functions: frozenset[str] = frozenset()
 
 
