@@ -92,3 +92,23 @@ def test_duckdb_session_is_applied_per_statement(tmp_path: Path) -> None:
         assert failed
     finally:
         ex.close()
+
+
+def test_a_database_that_went_down_gives_no_estimate_quickly() -> None:
+    # The row estimate must not wait for the pool's 30 s timeout: no estimate (the cell
+    # is then held and audited as such, fail closed) within a few seconds.
+    import time
+
+    from pgserver import PostgresServer
+
+    with PostgresServer() as server:
+        dsn = server.create_database(prefix="down")
+        ex = PostgresExecutor(dsn, pool_size=1, result_connections=1)
+        try:
+            assert ex.estimate_rows("SELECT 1", ()) is not None
+            server.pause()  # stopped by pid; data kept
+            started = time.monotonic()
+            assert ex.estimate_rows("SELECT 1", ()) is None
+            assert time.monotonic() - started < 15
+        finally:
+            ex.close()

@@ -89,6 +89,9 @@ class Session:
 _PG_SETTING_NAMES = {"time zone": "timezone"}
 
 
+_ESTIMATE_WAIT_S = 3.0
+
+
 def _sql_string(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
@@ -548,19 +551,26 @@ class PostgresExecutor(Executor):
 
     def estimate_rows(self, sql: str, params: Sequence[Any], *, session: Session = Session()) -> int | None:
         import psycopg
+        from psycopg_pool import PoolTimeout
 
-        with self._pool.connection() as conn:
-            try:
-                local = session.pg_sql(local=True)
-                if local is not None:
-                    conn.execute(local[0], local[1])
-                cur = psycopg.RawCursor(conn)
-                cur.execute("EXPLAIN (FORMAT JSON) " + sql, list(params) if params else None)
-                row = cur.fetchone()
-                conn.rollback()
-            except psycopg.Error:
-                conn.rollback()
-                return None
+        try:
+            # A database that is down must not keep the cell waiting for the pool's own
+            # timeout: no estimate within a few seconds means no estimate (held, audited).
+            with self._pool.connection(timeout=_ESTIMATE_WAIT_S) as conn:
+                try:
+                    local = session.pg_sql(local=True)
+                    if local is not None:
+                        conn.execute(local[0], local[1])
+                    cur = psycopg.RawCursor(conn)
+                    cur.execute("EXPLAIN (FORMAT JSON) " + sql, list(params) if params else None)
+                    row = cur.fetchone()
+                    conn.rollback()
+                except psycopg.Error:
+                    with contextlib.suppress(psycopg.Error):
+                        conn.rollback()
+                    return None
+        except (PoolTimeout, psycopg.OperationalError):
+            return None
         if not row:
             return None
         plan = row[0][0]["Plan"] if isinstance(row[0], list) else None
