@@ -163,3 +163,28 @@ def test_junk_tokens_are_aggregated_per_source(issuer: OIDCIssuer, tmp_path: Pat
     # Per source: the first refusal at once, the rest of the interval as one counted record.
     assert by_source == {"127.0.0.1": [1, 60], "127.0.0.2": [1, 4]}, rows
     assert "60 more refused request(s) from 127.0.0.1" in rows[-1][2] or any("60 more" in r[2] for r in rows)
+
+
+def test_event_flood_is_throttled_per_identity(issuer: OIDCIssuer, tmp_path: Path) -> None:
+    # A low quota for the test: 20 events a minute. One identity's flood is refused (429)
+    # and recorded once; another identity still gets through; the store stays small.
+    cfg = _config(issuer) | {"limits": {"events_per_minute": 20, "event_bytes_per_minute": 1 << 20}}
+    gw = GatewayProcess(_workdir(tmp_path), dict(os.environ), cfg).start()
+    try:
+        ana = auth(issuer)
+        bob = {"authorization": f"Bearer {issuer.issue(sub='bob', groups=['analysts'], region='emea')}"}
+        event = {"type": "cell.execute", "context": {"session_id": "flood"}, "status": "ok"}
+        codes = [httpx.post(gw.url + "/v1/events", json=event, headers=ana).status_code for _ in range(40)]
+        assert codes[:20] == [201] * 20 and set(codes[20:]) == {429}, codes
+        refused = httpx.post(gw.url + "/v1/events", json={"events": [event] * 5}, headers=ana)
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "quota"
+        other = {"type": "cell.execute", "context": {"session_id": "bob-1"}, "status": "ok"}
+        assert httpx.post(gw.url + "/v1/events", json=other, headers=bob).status_code == 201
+        assert gw.stop() in (0, -15)
+    finally:
+        gw.kill()
+    con = duckdb.connect(str(tmp_path / "state" / "audit.duckdb"), read_only=True)
+    kinds = dict(con.execute("SELECT type, count(*) FROM audit_events WHERE subject IN ('ana', 'bob') GROUP BY 1").fetchall())
+    con.close()
+    assert kinds.get("events.throttled") == 1, kinds
+    assert kinds.get("cell.execute") == 21, kinds  # ana's 20 and bob's 1

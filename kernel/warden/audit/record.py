@@ -53,6 +53,7 @@ EVENT_TYPES: Final = frozenset(
         "approval.expired",
         "auth.failure",
         "session.refused",
+        "events.throttled",
         "policy.loaded",
         "audit.read",
         "audit.verify",

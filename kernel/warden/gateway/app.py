@@ -46,7 +46,9 @@ def create_app(gateway: Gateway, authenticate: Authenticate, *, audit_reader: An
     raises a WardenError with a ``code``; ``audit_reader`` serves /v1/audit;
     ``audit_sql`` (gateway/audit_sql.py) serves the built-in ``audit`` connection."""
     from warden.gateway.audit_sql import AUDIT_CONNECTION, may_audit
+    from warden.gateway.quota import EventQuota
 
+    quota = EventQuota(gateway.config.events_per_minute, gateway.config.event_bytes_per_minute)
     # Refused tokens are counted per source and interval, not written one by one.
     failures = AuthFailures(
         lambda ip: gateway.base_event(Identity(subject="(unauthenticated)"), {}, ip),
@@ -185,6 +187,19 @@ def create_app(gateway: Gateway, authenticate: Authenticate, *, audit_reader: An
         who = await identity_of(request)
         data = await body_of(request)
         ip = request.client.host if request.client else ""
+        count = len(data["events"]) if isinstance(data.get("events"), list) else 1
+        size = len(json.dumps(data, default=str))
+        if not quota.admit(who.subject, count, size):
+            if quota.refused(who.subject):
+                ev = gateway.base_event(who, {}, ip)
+                ev.update(type="events.throttled", status="failure",
+                          error=f"more than {quota.per_minute} events or {quota.bytes_per_minute} bytes a minute")  # fmt: skip
+                await run_in_threadpool(gateway.audit_later, [ev])
+            raise HTTPError(
+                429, "quota",
+                f"kernel events are limited to {quota.per_minute} a minute and {quota.bytes_per_minute} bytes a minute "
+                "per identity; the kernel keeps its cells running and sends again later",
+            )  # fmt: skip
         try:
             if "events" in data:
                 items = data["events"]

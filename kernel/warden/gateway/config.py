@@ -40,7 +40,7 @@ SETTINGS: dict[str, tuple[str, ...]] = {
     ),
     "audit": ("store", "store_env", "checkpoint_every", "checkpoint_seconds", "checkpoint_file"),
     "approvals": ("store", "store_env", "ttl_seconds", "uses", "webhook", "max_wait_seconds"),
-    "limits": ("statement_timeout_ms", "max_rows", "max_bytes"),
+    "limits": ("statement_timeout_ms", "max_rows", "max_bytes", "events_per_minute", "event_bytes_per_minute"),
 }  # fmt: skip
 
 
@@ -91,6 +91,9 @@ class GatewayConfig:
     max_bytes: int
     capture: str
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    # Kernel events (/v1/events) each identity may send per minute, by count and size.
+    events_per_minute: int = 600
+    event_bytes_per_minute: int = 2 << 20
 
     def secret(self) -> bytes:
         """The gateway secret (32 random bytes), created with mode 0600 if missing."""
@@ -212,6 +215,8 @@ def config_from_mapping(data: dict[str, Any], *, base: Path, path: Path | None =
         statement_timeout_ms=int(limits.get("statement_timeout_ms", 300_000)),
         max_rows=int(limits.get("max_rows", 1_000_000)),
         max_bytes=int(limits.get("max_bytes", 1 << 30)),
+        events_per_minute=int(limits.get("events_per_minute", 600)),
+        event_bytes_per_minute=int(limits.get("event_bytes_per_minute", 2 << 20)),
         capture=capture,
         raw=data,
     )
