@@ -127,13 +127,24 @@ def test_quickstart_in_chromium(lab: dict[str, Any]) -> None:
                 elif page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").count() or "Idle" in page.locator(".jp-StatusBar-Widget").all_inner_texts().__str__():
                     break
                 page.wait_for_timeout(250)  # a bounded poll of the page
-            page.locator(".jp-Notebook").first.click()
-            page.get_by_role("menuitem", name="Run", exact=True).click()
-            page.get_by_text("Run All Cells", exact=True).click()
+            def run_all() -> float:
+                page.locator(".jp-Notebook").first.click()
+                page.get_by_role("menuitem", name="Run", exact=True).click()
+                page.get_by_text("Run All Cells", exact=True).click()
+                return time.monotonic()
+
+            clicked, clicks = run_all(), 1
             # Done when every code cell has a number in its prompt (no "[*]" or "[ ]").
             prompts: list[str] = []
             deadline = time.monotonic() + 180
             while time.monotonic() < deadline:
+                started = page.evaluate(
+                    "() => [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')].some(e => e.textContent.trim() !== '[ ]:')"
+                )
+                if not started and clicks < 4 and time.monotonic() - clicked > 15:
+                    # The menu click landed before the notebook took focus (seen under load):
+                    # nothing was queued, so ask again (bounded).
+                    clicked, clicks = run_all(), clicks + 1
                 if page.locator(".jp-Dialog select").count():  # asked late: choose warden, run again
                     chosen = page.locator(".jp-Dialog select").evaluate("s => s.options[s.selectedIndex].text")
                     assert "warden" in chosen, chosen
