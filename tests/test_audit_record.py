@@ -61,7 +61,7 @@ def test_every_field_of_design_section_6() -> None:
     assert set(FIELDS) == expected
     assert [f.name for f in dataclasses.fields(AuditEvent)] == list(FIELDS)
     assert {f.name for f in dataclasses.fields(EventDraft)} == set(DRAFT_FIELDS)
-    assert len(EVENT_TYPES) == 20
+    assert len(EVENT_TYPES) == 21 and "events.throttled" in EVENT_TYPES
 
 
 def test_golden_hash() -> None:
