@@ -131,8 +131,8 @@ def _resolve(base: Path, value: str) -> Path:
     return p if p.is_absolute() else (base / p)
 
 
-def load_config(path: str | Path, *, overrides: dict[str, Any] | None = None) -> GatewayConfig:
-    p = Path(path)
+def _read_mapping(p: Path) -> dict[str, Any]:
+    """The gateway config file's YAML mapping, or a ConfigError naming the file."""
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except OSError as exc:
@@ -141,6 +141,12 @@ def load_config(path: str | Path, *, overrides: dict[str, Any] | None = None) ->
         raise ConfigError(f"{p}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: the configuration must be a mapping")
+    return data
+
+
+def load_config(path: str | Path, *, overrides: dict[str, Any] | None = None) -> GatewayConfig:
+    p = Path(path)
+    data = _read_mapping(p)
     data.update(overrides or {})
     return config_from_mapping(data, base=p.resolve().parent, path=p)
 
@@ -235,14 +241,7 @@ def secret_file_of(path: str | Path) -> Path:
     the gateway resolves it, without needing the rest of its settings (a store DSN in
     an environment variable, say): what ``warden audit public-key --config`` reads."""
     p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except OSError as exc:
-        raise ConfigError(f"cannot read gateway config {p}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: the configuration must be a mapping")
+    data = _read_mapping(p)
     return _secret_path(data, p.resolve().parent)
 
 
