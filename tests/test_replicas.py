@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import httpx
 import psycopg
 import pytest
@@ -165,6 +166,17 @@ def test_a_killed_gateway_leaves_an_incomplete_intent_that_verify_reports(issuer
     strict = warden("audit", "verify", "--store", f"duckdb://{tmp_path / 'audit.duckdb'}", "--strict", "--json")
     kinds = {i["kind"] for i in json.loads(strict.stdout)["issues"]}
     assert strict.returncode == 1 and "incomplete" in kinds, strict.stdout
+
+    # Started again on its chain, the gateway records the open intent's outcome as far as
+    # it is known (query.failed, interrupted): verify has nothing left open.
+    gw.start()
+    assert gw.stop() == 0
+    after = json.loads(warden("audit", "verify", "--store", f"duckdb://{tmp_path / 'audit.duckdb'}", "--json").stdout)
+    assert after["ok"] and after["chains"]["gw-9"]["incomplete"] == 0, after
+    rows = duckdb.connect(str(tmp_path / "audit.duckdb"), read_only=True).execute(
+        "SELECT count(*) FROM audit_events WHERE type = 'query.failed' AND error LIKE 'interrupted:%' AND sql LIKE '%a.id + b.id > 3%'"
+    ).fetchone()
+    assert rows == (1,)
 
 
 def test_every_ok_trailer_has_a_durable_completion_even_when_a_replica_is_killed(

@@ -77,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
 
     gw = sub.add_parser("gateway", help="run the gateway (the enforcement point)")
     gw.add_argument("--config", required=True, help="gateway YAML config (see docs/gateway.md)")
+    gw.add_argument("--worker", help=argparse.SUPPRESS)  # K:FD, set by the supervisor of `workers: N`
     gw.set_defaults(func=_gateway)
 
     ap = sub.add_parser("approvals", help="list, show, approve or deny held cells")
@@ -337,6 +338,9 @@ def explain_text(analysis: CellAnalysis, decision: Decision, policy: Policy, con
 def _gateway(args: argparse.Namespace) -> int:
     from warden.gateway.server import serve
 
+    if args.worker:
+        index, fd = (int(x) for x in args.worker.split(":", 1))
+        return serve(args.config, worker=(index, fd))
     return serve(args.config)
 
 

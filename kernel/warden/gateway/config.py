@@ -11,6 +11,7 @@
     approvals: {ttl_seconds: 3600, uses: 1, webhook: https://…}
     limits: {statement_timeout_ms: 60000, max_rows: 1000000, max_bytes: 1073741824}
     capture: fingerprint               # none | fingerprint | sample:N | full
+    workers: 1                         # > 1: that many processes, one chain each (PostgreSQL store)
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from warden.policy.model import Connection
 SETTINGS: dict[str, tuple[str, ...]] = {
     "top": (
         "gateway_id", "mode", "listen", "policy", "secret_file", "state_dir", "auth", "audit",
-        "approvals", "limits", "capture",
+        "approvals", "limits", "capture", "workers",
     ),
     "listen": ("host", "port", "unix_socket"),
     "auth": (
@@ -94,6 +95,9 @@ class GatewayConfig:
     # Kernel events (/v1/events) each identity may send per minute, by count and size.
     events_per_minute: int = 600
     event_bytes_per_minute: int = 2 << 20
+    # Gateway processes sharing the listening socket (warden.gateway.workers); each is a
+    # replica with its own chain, so more than one needs the PostgreSQL store.
+    workers: int = 1
 
     def secret(self) -> bytes:
         """The gateway secret (32 random bytes), created with mode 0600 if missing."""
@@ -182,6 +186,7 @@ def config_from_mapping(data: dict[str, Any], *, base: Path, path: Path | None =
     audit_store = _store(audit, default=f"duckdb://{state_dir / 'audit.duckdb'}", what="audit")
     approvals_store = _store(approvals, default=_sibling_store(audit_store, state_dir), what="approvals")
     capture = str(data.get("capture", "fingerprint"))
+    workers = _workers(data.get("workers", 1), mode, audit_store, approvals_store)
     if not (capture in ("none", "fingerprint", "full") or capture.startswith("sample:")):
         raise ConfigError("capture must be none, fingerprint, sample:N or full")
     return GatewayConfig(
@@ -224,8 +229,26 @@ def config_from_mapping(data: dict[str, Any], *, base: Path, path: Path | None =
         events_per_minute=int(limits.get("events_per_minute", 600)),
         event_bytes_per_minute=int(limits.get("event_bytes_per_minute", 2 << 20)),
         capture=capture,
+        workers=workers,
         raw=data,
     )
+
+
+def _workers(value: Any, mode: str, audit_store: str, approvals_store: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"workers must be a whole number >= 1 (got {value!r})")
+    if value == 1:
+        return 1
+    if mode != "shared":
+        raise ConfigError("workers > 1 needs mode: shared (the local gateway is one process)")
+    for what, store in (("audit", audit_store), ("approvals", approvals_store)):
+        if store.startswith("duckdb://"):
+            raise ConfigError(
+                f"workers: {value} needs a PostgreSQL {what} store ({what}.store or {what}.store_env): every worker "
+                "process writes its own audit chain and shares the state, and a DuckDB file has one writing process. "
+                "Use workers: 1 with DuckDB."
+            )
+    return value
 
 
 def _state_dir(data: dict[str, Any], base: Path) -> Path:

@@ -825,6 +825,7 @@ class _Watchdog:
     def add(self, watcher: _Watcher) -> None:
         with self._lock:
             self._entries[id(watcher)] = watcher
+            self._wake.set()
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="warden-watchdog", daemon=True)
                 self._thread.start()
@@ -832,11 +833,15 @@ class _Watchdog:
     def remove(self, watcher: _Watcher) -> None:
         with self._lock:
             self._entries.pop(id(watcher), None)
+            if not self._entries:
+                self._wake.clear()
 
     def _run(self) -> None:
         import time
 
         while True:
+            # Idle (no statement running): sleep until one starts, not every 20 ms.
+            self._wake.wait()
             time.sleep(0.02)
             now = time.monotonic()
             with self._lock:

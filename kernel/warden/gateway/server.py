@@ -261,6 +261,13 @@ def build(config: GatewayConfig, *, store: Any = None, oidc_transport: Any = Non
         app.add_middleware(StripServicePrefix, prefix=service_prefix(config.auth.hub_service_name, os.environ))
     if config.mode == "local":  # the user's own files: tighten what an earlier version left 0644
         tighten_tree(config.state_dir)
+    from warden import __version__
+    from warden.gateway.recovery import close_interrupted
+
+    closed = close_interrupted(store, store.chain_id, gateway_id=config.gateway_id, warden_version=__version__)
+    if closed:
+        print(f"warden gateway {config.gateway_id}: {closed} query intent(s) left open by an earlier stop (killed or crashed) "
+              "recorded as query.failed (interrupted)", flush=True)  # fmt: skip
     startup = {"type": "policy.loaded", "gateway_id": config.gateway_id, "mode": config.mode, "status": "ok",
                "subject": "(gateway)", "sql": str(config.policy_path)}  # fmt: skip
     append([startup])
@@ -297,8 +304,13 @@ def _remove_runtime_files(sock: Path) -> None:
             pid_file.unlink()
 
 
-def serve(config_path: str | Path, *, overrides: dict[str, Any] | None = None) -> int:
-    """Run the gateway until SIGTERM/SIGINT; then drain running cells and flush the audit."""
+def serve(config_path: str | Path, *, overrides: dict[str, Any] | None = None, worker: tuple[int, int] | None = None) -> int:
+    """Run the gateway until SIGTERM/SIGINT; then drain running cells and flush the audit.
+
+    With ``workers: N`` (N > 1) this process is the supervisor (warden.gateway.workers);
+    ``worker=(K, FD)`` runs worker K of one on the listening socket FD it inherited."""
+    import socket
+
     import uvicorn
     from starlette.applications import Starlette
 
@@ -306,19 +318,32 @@ def serve(config_path: str | Path, *, overrides: dict[str, Any] | None = None) -
     # checkpoint copies) is owner-only, whatever umask it was started with.
     os.umask(0o077)
     config = load_config(config_path, overrides=overrides)
+    if worker is None and config.workers > 1:
+        from warden.gateway.workers import serve_workers
+
+        return serve_workers(config_path, config)
+    if worker is not None:
+        from dataclasses import replace
+
+        from warden.gateway.workers import worker_id
+
+        config = replace(config, gateway_id=worker_id(config.gateway_id, worker[0]))
     built = build(config)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
         built.close()
-        if config.unix_socket:
+        if config.unix_socket and worker is None:  # the supervisor owns a workers' socket
             _remove_runtime_files(Path(config.unix_socket))
         print(f"warden gateway {config.gateway_id} stopped: running cells drained, audit store closed", flush=True)
 
     built.app.router.lifespan_context = lifespan
     kwargs: dict[str, Any] = {"log_level": "warning", "timeout_graceful_shutdown": 30, "access_log": False}
-    if config.unix_socket:
+    sockets: list[socket.socket] | None = None
+    if worker is not None:
+        sockets = [socket.socket(fileno=worker[1])]
+    elif config.unix_socket:
         sock = Path(config.unix_socket)
         sock.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
@@ -337,5 +362,5 @@ def serve(config_path: str | Path, *, overrides: dict[str, Any] | None = None) -
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
-    server.run()
+    server.run(sockets=sockets)
     return 0

@@ -43,12 +43,12 @@ from warden.gateway.state import setup_state
 from warden.masking.detectors import scan_and_mask_values
 from warden.masking.operators import mask_array
 from warden.policy.conditions import Deferred, parse_condition
+from warden.policy.decision_cache import DecisionCache
 from warden.policy.engine import (
     Classifier,
     Decision,
     Identity,
     Reason,
-    decide,
     matching_roles,
     statement_facts,
 )
@@ -111,6 +111,7 @@ class Gateway:
     ) -> None:
         self.config = config
         self.policy = policy or load_policy(config.policy_path)
+        self.decisions = DecisionCache(self.policy)
         self._audit_append = audit
         # Records that need not be durable before the response goes on (refused-token
         # aggregates) are queued in order without waiting for their commit.
@@ -250,7 +251,7 @@ class Gateway:
             decision = Decision("deny", (Reason("fail-closed/catalog", f"the catalog of {req.connection} cannot be read: {exc}", "deny"),))
             return self._deny(base, req, None, decision, query_id)
         analysis = analyze_cell(req.sql, catalog)
-        decision = decide(self.policy, identity, analysis, req.connection, taints=taints)
+        decision = self.decisions.decide(identity, analysis, req.connection, taints=taints)
         decision = self._check_pending(decision, analysis, identity, req, catalog, taints)
         params_hash = _params_hash(req.params)
 
@@ -809,6 +810,8 @@ def statement_params(sql: str, dialect: str, params: tuple[Any, ...]) -> tuple[s
     from sqlglot.dialects.dialect import Dialect
     from sqlglot.tokens import TokenType  # type: ignore[attr-defined]
 
+    if not params and "$" not in sql:
+        return sql, ()  # nothing to renumber (the common case): no tokenising
     tokens = Dialect.get_or_raise(dialect).tokenize(sql)
     spans: list[tuple[int, int, int]] = []
     for tok, nxt in itertools.pairwise(tokens):

@@ -91,13 +91,27 @@ def check_result_shape(
                 f"[{SHAPE_RULE}] statement {number}: a mask applies to column {pos + 1}, which the result does not have. {advice}"
             )
         t = schema.field(pos).type
-        if not mask_supported(m.operator, t):
+        if not _mask_fits(m.operator, t):
             raise ShapeMismatchError(
                 f"[fail-closed/mask-type] statement {number}: column {pos + 1} ({names[pos]!r}) has type {t} "
                 f"that the mask {m.operator.spec!r} cannot apply to; nothing of this statement was sent. "
                 "Cast the column to text in the query, or ask an admin for a mask that fits its type.",
                 code="mask-unsupported-type",
             )
+
+
+_FITS: dict[tuple[Any, Any], bool] = {}
+
+
+def _mask_fits(op: Any, t: pa.DataType) -> bool:
+    """``mask_supported``, remembered per (operator, type): it masks a probe row."""
+    key = (op, t)
+    found = _FITS.get(key)
+    if found is None:
+        found = _FITS[key] = mask_supported(op, t)
+        if len(_FITS) > 4096:  # bounded: operators and types are few, but never grow without end
+            _FITS.clear()
+    return found
 
 
 def check_origins(

@@ -194,6 +194,7 @@ def analyze_cell(
             return _rebind(entry, sql, toks)
     analysis, structural = _analyse(sql, toks, catalog, path)
     if cache is not None and not toks.has_command and not analysis.unresolved:
+        analysis = replace(analysis, reuse_key=(key, structural))
         ordinals = tuple(
             tuple(
                 (toks.literal_starts[span.start], span.columns)

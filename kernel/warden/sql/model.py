@@ -137,6 +137,10 @@ class CellAnalysis:
     fingerprint: str  # shape of the cell: literals replaced, case and spacing normalised
     statement_hash: str  # exact normalised text incl. literals (what an approval binds to)
     unresolved: tuple[Unresolved, ...] = field(default=())  # cell-level (e.g. parse errors)
+    # Equal for two cells whose analyses differ only in plain literal values (same shape,
+    # catalog version, search path and structural literals): what a decision may be
+    # reused for. None when the analysis is not reusable (commands, parse errors).
+    reuse_key: tuple[object, ...] | None = field(default=None, compare=False, repr=False)
 
     @property
     def kinds(self) -> tuple[str, ...]:
