@@ -2,7 +2,9 @@
 
 Every operator is applied to a whole Arrow array at once (pyarrow.compute, or numpy over the
 Arrow buffers for the hot paths). A Python loop per value appears only where no vectorised
-primitive exists (``hash`` on small arrays and on nested types).
+primitive exists (``hash`` on small arrays and on nested types). ``hash`` and ``email`` run
+in C over the Arrow buffers when the optional extension ``warden.masking._native`` is built
+(setup.py); ``WARDEN_NO_NATIVE=1`` forces the pure paths, which give the same values.
 
 Choices that the policy author can rely on (the tests pin each one):
 
@@ -40,6 +42,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 import threading
 from collections.abc import Callable, Iterable
@@ -49,6 +52,11 @@ from typing import Any, Final
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+try:
+    from warden.masking import _native
+except ImportError:  # installed without a C compiler: the pure paths below do all the work
+    _native = None  # type: ignore[assignment]
 
 __all__ = [
     "CLEAR",
@@ -406,6 +414,22 @@ def _has_no_string_form(t: Any) -> bool:
 # --------------------------------------------------------------------------- buffer helpers
 
 
+def _use_native() -> bool:
+    """Whether the C kernels of warden.masking._native run (``hash``, ``email``); the
+    environment variable WARDEN_NO_NATIVE=1 forces the pure paths (the tests compare them)."""
+    return _native is not None and os.environ.get("WARDEN_NO_NATIVE", "") in ("", "0")
+
+
+def _validity_from_zero(a: Any) -> Any:
+    """The validity bitmap of ``a`` starting at bit 0 (None when there are no nulls), for an
+    output array built at offset 0 from the kernels' buffers."""
+    if a.null_count == 0:
+        return None
+    if a.offset == 0:
+        return a.buffers()[0]
+    return pc.is_valid(a).buffers()[1]  # a sliced bitmap does not start at bit 0
+
+
 class _Text:
     """The bytes and rebased offsets of a (large_)string array, at offset 0."""
 
@@ -527,10 +551,34 @@ def _partial(a: Any, n: int, *, from_start: bool) -> Any:
 
 
 # One '@', a non-empty local part without spaces, a domain of dotted non-empty labels.
+# (RE2's \s is ASCII tab, LF, FF, CR and space; _native.c's email_mask tests the same set.)
 _EMAIL_RE: Final = r"^[^@\s]+@[^@\s.]+(?:\.[^@\s.]+)+$"
 
 
 def _email(a: Any) -> Any:
+    if len(a) and _use_native():
+        try:
+            return _email_native(a)
+        except OverflowError:  # over 2 GiB of output in a (32-bit offset) string array
+            pass
+    return _email_pure(a)
+
+
+def _email_native(a: Any) -> Any:
+    validity, offsets, data = a.buffers()
+    width = 8 if pa.types.is_large_string(a.type) else 4
+    out_offsets, out_data = _native.email_mask(
+        offsets, data, validity if a.null_count else None, a.offset, len(a), width
+    )
+    return pa.Array.from_buffers(
+        a.type,
+        len(a),
+        [_validity_from_zero(a), pa.py_buffer(out_offsets), pa.py_buffer(out_data)],
+        null_count=a.null_count,
+    )
+
+
+def _email_pure(a: Any) -> Any:
     valid = pc.fill_null(pc.match_substring_regex(a, _EMAIL_RE), False)
     n_valid = pc.sum(valid).as_py() or 0
     if n_valid == 0:
@@ -746,6 +794,46 @@ def _duck() -> Any:
 
 def _hmac_hex(data: Any, key: bytes) -> Any:
     """HMAC-SHA256 hex of each value of a string/binary array (nulls stay null)."""
+    if _use_native():
+        return _hmac_hex_native(data, key)
+    return _hmac_hex_pure(data, key)
+
+
+# 64-byte digests: the output of this many rows stays below 2 GiB (int32 string offsets).
+_NATIVE_HASH_ROWS = 1 << 24
+
+
+def _hmac_hex_native(data: Any, key: bytes) -> Any:
+    if isinstance(data, pa.ChunkedArray) or len(data) > _NATIVE_HASH_ROWS:
+        chunks = data.chunks if isinstance(data, pa.ChunkedArray) else [data]
+        return pa.chunked_array(
+            [
+                _hmac_hex_native_one(c.slice(i, _NATIVE_HASH_ROWS), key)
+                for c in chunks
+                for i in range(0, len(c), _NATIVE_HASH_ROWS)
+            ],
+            type=pa.string(),
+        )
+    return _hmac_hex_native_one(data, key)
+
+
+def _hmac_hex_native_one(a: Any, key: bytes) -> Any:
+    if len(a) == 0:
+        return pa.array([], type=pa.string())
+    validity, offsets, data = a.buffers()
+    large = pa.types.is_large_string(a.type) or pa.types.is_large_binary(a.type)
+    out_offsets, out_data = _native.hmac_sha256_hex(
+        key, offsets, data, validity if a.null_count else None, a.offset, len(a), 8 if large else 4
+    )
+    return pa.Array.from_buffers(
+        pa.string(),
+        len(a),
+        [_validity_from_zero(a), pa.py_buffer(out_offsets), pa.py_buffer(out_data)],
+        null_count=a.null_count,
+    )
+
+
+def _hmac_hex_pure(data: Any, key: bytes) -> Any:
     if len(data) < _DUCKDB_MIN_ROWS:
         return _hmac_hex_python(data, key)
     return _hmac_hex_duckdb(data, key)
