@@ -57,6 +57,9 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=50)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                    help="gateway worker processes (default: one per core; > 1 puts the audit on PostgreSQL)")
+    ap.add_argument("--skip-bulk", action="store_true", help="only the small-query part")
     args = ap.parse_args()
 
     with PostgresServer() as pg, OIDCIssuer(audience="warden") as issuer, tempfile.TemporaryDirectory() as tmp:
@@ -77,10 +80,17 @@ def main() -> None:
             "auth": {"mode": "oidc", "issuer": issuer.issuer, "audience": "warden"},
             "limits": {"max_rows": 0, "max_bytes": 0, "statement_timeout_ms": 0},
         }  # fmt: skip
-        gw = GatewayProcess(work, {**os.environ, "BENCH_DSN": dsn}, config).start()
+        env = {**os.environ, "BENCH_DSN": dsn}
+        if args.workers > 1:
+            # One chain per worker in a shared PostgreSQL store (a DuckDB file has one writer).
+            env["BENCH_AUDIT_DSN"] = pg.create_database(prefix="benchaudit")
+            config.update(workers=args.workers, audit={"store_env": "BENCH_AUDIT_DSN"})
+        print(f"gateway: {args.workers} worker process(es), audit store: {'PostgreSQL' if args.workers > 1 else 'DuckDB'}", flush=True)
+        gw = GatewayProcess(work, env, config).start()
         token = issuer.issue(sub="bench", groups=["analysts"], expires_in=3600)
         try:
-            bulk(dsn, gw, token, args)
+            if not args.skip_bulk:
+                bulk(dsn, gw, token, args)
             small(gw, token, args)
             if shutil.which("wrk"):
                 small_wrk(gw, token, args, work)

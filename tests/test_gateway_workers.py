@@ -197,3 +197,55 @@ def test_workers_need_the_postgres_store(tmp_path: Path, issuer: OIDCIssuer) -> 
     for bad in (0, -1, "2", 1.5, True):
         with pytest.raises(ConfigError, match="workers must be a whole number"):
             config_from_mapping({**cfg, "workers": bad}, base=tmp_path)
+
+
+def test_a_cancel_reaching_another_worker_is_passed_on(issuer: OIDCIssuer, postgres: PostgresServer, tmp_path: Path) -> None:
+    from warden.gateway.frames import chunk_stream, read_frames
+
+    data = postgres.create_database(prefix="wkcancel")
+    seed_postgres(data)
+    store = postgres.create_database(prefix="wkcstore")
+    gw = GatewayProcess(tmp_path, {**os.environ, "WARDEN_TEST_PG_DSN": data, "WARDEN_AUDIT_DSN": store}, _config(tmp_path, issuer))
+    gw.start(timeout=60)
+    auth = {"authorization": f"Bearer {issuer.issue(sub='ana', groups=['analysts'], region='emea')}"}
+    slow = "SELECT count(*) AS n FROM big a CROSS JOIN big b WHERE a.id + b.id > 3"
+    try:
+        for _ in range(2):  # two slow queries: each is cancelled through the *other* worker
+            started: list[str] = []
+            trailer: dict[str, Any] = {}
+            ready = threading.Event()
+
+            def run() -> None:
+                with httpx.Client(timeout=120) as http, http.stream("POST", gw.url + "/v1/cells", json={"connection": "pg", "sql": slow}, headers=auth) as resp:
+                    frames = read_frames(chunk_stream(resp.iter_bytes()))
+                    kind, payload = next(frames)
+                    assert kind == b"C"
+                    started.append(json.loads(payload)["query_id"])
+                    ready.set()
+                    for kind, payload in frames:
+                        if kind == b"T":
+                            trailer.update(json.loads(payload))
+
+            t = threading.Thread(target=run)
+            t.start()
+            assert ready.wait(60), "the slow query did not start"
+            qid = started[0]
+            runner = int(re.match(r"q_w(\d+)_", qid).group(1))  # type: ignore[union-attr]
+            other = 2 if runner == 1 else 1
+            # Straight to the other worker's own socket: it does not run the query.
+            via = httpx.HTTPTransport(uds=str(tmp_path / "state" / "workers" / f"w{other}.sock"))
+            with httpx.Client(transport=via, timeout=30) as http:
+                # Someone else may not cancel it, through any worker.
+                mallory = {"authorization": f"Bearer {issuer.issue(sub='mallory', groups=['analysts'], region='emea')}"}
+                assert http.post(f"http://gw/v1/queries/{qid}/cancel", headers=mallory).status_code == 403
+                # The internal endpoint wants the gateway's own token.
+                assert http.post("http://gw/v1/internal/cancel", json={"query_id": qid, "subject": "ana", "admin": True}).status_code == 404
+                resp = http.post(f"http://gw/v1/queries/{qid}/cancel", headers=auth)
+            assert resp.status_code == 200 and resp.json() == {"cancelled": True}, resp.text
+            t.join(60)
+            assert not t.is_alive() and trailer.get("status") == "cancelled", trailer
+    finally:
+        assert gw.stop() == 0
+    with psycopg.connect(store) as con:
+        cancels = con.execute("SELECT chain_id, status FROM audit_events WHERE type = 'query.cancel' ORDER BY seq").fetchall()
+    assert sorted(s for _, s in cancels).count("success") == 2, cancels

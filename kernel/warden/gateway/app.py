@@ -134,6 +134,18 @@ def create_app(gateway: Gateway, authenticate: Authenticate, *, audit_reader: An
             raise HTTPError(403, "not-owner", "only the user who started a query (or an admin under the policy) may cancel it")
         return JSONResponse({"cancelled": outcome == "cancelled"}, status_code=200 if outcome == "cancelled" else 404)
 
+    async def internal_cancel(request: Request) -> Response:
+        # Another worker of this gateway passing on a cancel (workers.py); it checked the
+        # token and audits the attempt itself. Only on the private socket of a worker.
+        import hmac
+
+        if not gateway.config.worker_index or not hmac.compare_digest(request.headers.get("x-warden-internal", ""), gateway.internal_token):
+            raise HTTPError(404, "not-found", "no such endpoint")
+        data = await body_of(request)
+        query_id, subject, admin = str(data.get("query_id", "")), str(data.get("subject", "")), data.get("admin") is True
+        outcome, owner = await run_in_threadpool(lambda: gateway.cancel_here(query_id, subject, admin=admin))
+        return JSONResponse({"outcome": outcome, "owner": owner})
+
     async def approvals_list(request: Request) -> Response:
         who = await identity_of(request)
         status = request.query_params.get("status")
@@ -258,6 +270,7 @@ def create_app(gateway: Gateway, authenticate: Authenticate, *, audit_reader: An
         Route("/v1/health", handler(health), methods=["GET"]),
         Route("/v1/whoami", handler(whoami), methods=["GET"]),
         Route("/v1/cells", handler(run_cell), methods=["POST"]),
+        Route("/v1/internal/cancel", handler(internal_cancel), methods=["POST"]),
         Route("/v1/queries/{query_id}/cancel", handler(cancel), methods=["POST"]),
         Route("/v1/approvals", handler(approvals_list), methods=["GET"]),
         Route("/v1/approvals/{approval_id}", handler(approval_get), methods=["GET"]),

@@ -98,6 +98,7 @@ class GatewayConfig:
     # Gateway processes sharing the listening socket (warden.gateway.workers); each is a
     # replica with its own chain, so more than one needs the PostgreSQL store.
     workers: int = 1
+    worker_index: int = 0  # set by the supervisor in worker K's process (0: not a worker)
 
     def secret(self) -> bytes:
         """The gateway secret (32 random bytes), created with mode 0600 if missing."""
@@ -232,6 +233,12 @@ def config_from_mapping(data: dict[str, Any], *, base: Path, path: Path | None =
         workers=workers,
         raw=data,
     )
+
+
+def worker_socket(config: GatewayConfig, index: int) -> Path:
+    """Worker ``index``'s private unix socket (state_dir is 0700): how the other workers
+    reach it, e.g. to cancel a query it runs."""
+    return config.state_dir / "workers" / f"w{index}.sock"
 
 
 def _workers(value: Any, mode: str, audit_store: str, approvals_store: str) -> int:

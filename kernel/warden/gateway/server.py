@@ -327,7 +327,7 @@ def serve(config_path: str | Path, *, overrides: dict[str, Any] | None = None, w
 
         from warden.gateway.workers import worker_id
 
-        config = replace(config, gateway_id=worker_id(config.gateway_id, worker[0]))
+        config = replace(config, gateway_id=worker_id(config.gateway_id, worker[0]), worker_index=worker[0])
     built = build(config)
 
     @contextlib.asynccontextmanager
@@ -342,7 +342,17 @@ def serve(config_path: str | Path, *, overrides: dict[str, Any] | None = None, w
     kwargs: dict[str, Any] = {"log_level": "warning", "timeout_graceful_shutdown": 30, "access_log": False}
     sockets: list[socket.socket] | None = None
     if worker is not None:
-        sockets = [socket.socket(fileno=worker[1])]
+        from warden.gateway.config import worker_socket
+
+        # The shared listening socket, and this worker's own (how the others reach it).
+        private = worker_socket(config, worker[0])
+        private.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            private.unlink()
+        own = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        own.bind(str(private))
+        own.listen(64)
+        sockets = [socket.socket(fileno=worker[1]), own]
     elif config.unix_socket:
         sock = Path(config.unix_socket)
         sock.parent.mkdir(parents=True, exist_ok=True)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import io
 import itertools
 import json
+import re
 import sys
 import threading
 import time
@@ -131,6 +133,10 @@ class Gateway:
         self._closing = threading.Event()
         self._active = 0
         self._idle = threading.Condition(self._lock)
+        # A worker's query ids name it (q_w2_…), so a cancel that reaches another
+        # worker of the same gateway is passed on to the one running the query.
+        self._query_prefix = f"q_w{config.worker_index}_" if config.worker_index else "q_"
+        self.internal_token = hmac.new(secret, b"warden-worker-internal", hashlib.sha256).hexdigest()
 
     # -- connections ----------------------------------------------------------------------
 
@@ -221,7 +227,7 @@ class Gateway:
             return CellOutcome("error", _error("shutting-down", "the gateway is shutting down; retry shortly"), http_status=503)
         started = time.monotonic()
         base = self.base_event(identity, req.context, client_ip)
-        query_id = "q_" + uuid.uuid4().hex[:20]
+        query_id = self._query_prefix + uuid.uuid4().hex[:20]
         try:
             self.claim_context(identity, req.context, client_ip)
         except ContextRefused as exc:
@@ -554,21 +560,43 @@ class Gateway:
     def cancel(self, identity: Identity, query_id: str, *, client_ip: str = "") -> str:
         """Cancel a running query: ``cancelled``, ``not-found`` or ``not-owner``. Only
         its owner (same subject) or an admin may; every attempt is audited."""
-        with self._lock:
-            event = self._running.get(query_id)
-            owner = self._owners.get(query_id)
-        if event is None:
-            outcome = "not-found"
-        elif owner != identity.subject and not self.is_admin(identity):
-            outcome = "not-owner"
-        else:
-            event.set()
-            outcome = "cancelled"
+        outcome, owner = self.cancel_here(query_id, identity.subject, admin=self.is_admin(identity))
+        peer = _QUERY_WORKER.match(query_id)
+        if outcome == "not-found" and peer and int(peer.group(1)) != self.config.worker_index and self.config.worker_index:
+            outcome, owner = self._cancel_on_worker(int(peer.group(1)), query_id, identity.subject, admin=self.is_admin(identity))
         ev = self.base_event(identity, {}, client_ip)
         ev.update(type="query.cancel", correlation_id=query_id, status="ok" if outcome == "cancelled" else "denied",
                   error=None if outcome == "cancelled" else outcome, sql=f"cancel {query_id}" + (f" (owner {owner})" if owner and owner != identity.subject else ""))  # fmt: skip
         self.audit([ev])
         return outcome
+
+    def cancel_here(self, query_id: str, subject: str, *, admin: bool) -> tuple[str, str | None]:
+        """Cancel ``query_id`` if this process runs it: (outcome, owner); not audited."""
+        with self._lock:
+            event = self._running.get(query_id)
+            owner = self._owners.get(query_id)
+        if event is None:
+            return "not-found", None
+        if owner != subject and not admin:
+            return "not-owner", owner
+        event.set()
+        return "cancelled", owner
+
+    def _cancel_on_worker(self, index: int, query_id: str, subject: str, *, admin: bool) -> tuple[str, str | None]:
+        """Ask worker ``index`` of this gateway (its private socket) to cancel the query."""
+        import httpx
+
+        from warden.gateway.config import worker_socket
+
+        path = worker_socket(self.config, index)
+        try:
+            with httpx.Client(transport=httpx.HTTPTransport(uds=str(path)), timeout=5.0) as http:
+                resp = http.post("http://worker/v1/internal/cancel", json={"query_id": query_id, "subject": subject, "admin": admin},
+                                 headers={"x-warden-internal": self.internal_token})  # fmt: skip
+            data = resp.json()
+            return str(data["outcome"]), data.get("owner")
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            return "not-found", None  # that worker is gone (restarting): so is the query
 
     # -- sessions ---------------------------------------------------------------------------
 
@@ -798,6 +826,9 @@ class Gateway:
         for ex in list(self._executors.values()):
             ex.close()
         self.approvals.close()
+
+
+_QUERY_WORKER = re.compile(r"^q_w(\d+)_[0-9a-f]+$")
 
 
 def statement_params(sql: str, dialect: str, params: tuple[Any, ...]) -> tuple[str, tuple[Any, ...]]:
