@@ -215,7 +215,7 @@ def test_a_cancel_reaching_another_worker_is_passed_on(issuer: OIDCIssuer, postg
             trailer: dict[str, Any] = {}
             ready = threading.Event()
 
-            def run() -> None:
+            def run(started: list[str] = started, ready: threading.Event = ready, trailer: dict[str, Any] = trailer) -> None:
                 with httpx.Client(timeout=120) as http, http.stream("POST", gw.url + "/v1/cells", json={"connection": "pg", "sql": slow}, headers=auth) as resp:
                     frames = read_frames(chunk_stream(resp.iter_bytes()))
                     kind, payload = next(frames)
