@@ -533,11 +533,12 @@ typedef struct {
     const ni_key *nk;
 #endif
     int use_ni;
-    Py_ssize_t i0, i1;
+    Py_ssize_t n;
+    Py_ssize_t next; /* the first row no thread has taken yet */
 } hmac_job;
 
 #ifdef WN_X86
-WN_NI static void hmac_rows_ni(const hmac_job *job)
+WN_NI static void hmac_rows_ni(const hmac_job *job, Py_ssize_t i0, Py_ssize_t i1)
 {
     const arrow_in *in = job->in;
     const ni_key *nk = job->nk;
@@ -545,7 +546,7 @@ WN_NI static void hmac_rows_ni(const hmac_job *job)
     const uint8_t *pend = NULL;
     size_t pend_len = 0;
     char *pend_out = NULL;
-    for (Py_ssize_t i = job->i0; i < job->i1; i++) {
+    for (Py_ssize_t i = i0; i < i1; i++) {
         if (!in_valid(in, i))
             continue;
         int64_t s = in_off(in, i), e = in_off(in, i + 1);
@@ -568,16 +569,16 @@ WN_NI static void hmac_rows_ni(const hmac_job *job)
 }
 #endif
 
-static void hmac_rows(const hmac_job *job)
+static void hmac_rows(const hmac_job *job, Py_ssize_t i0, Py_ssize_t i1)
 {
 #ifdef WN_X86
     if (job->use_ni) {
-        hmac_rows_ni(job);
+        hmac_rows_ni(job, i0, i1);
         return;
     }
 #endif
     const arrow_in *in = job->in;
-    for (Py_ssize_t i = job->i0; i < job->i1; i++) {
+    for (Py_ssize_t i = i0; i < i1; i++) {
         if (!in_valid(in, i))
             continue;
         int64_t s = in_off(in, i), e = in_off(in, i + 1);
@@ -585,17 +586,30 @@ static void hmac_rows(const hmac_job *job)
     }
 }
 
-#ifdef WN_THREADS
-static void *hmac_thread(void *arg)
-{
-    hmac_rows((const hmac_job *)arg);
-    return NULL;
-}
-#endif
-
 #define WN_MAX_THREADS 16
 #define WN_AUTO_THREADS_MAX 4
 #define WN_ROWS_PER_THREAD 16384
+#define WN_BATCH 4096 /* rows a thread takes at a time */
+
+#ifdef WN_THREADS
+/* Each thread takes the next batch of rows until none is left, so a thread on a busy core
+ * does less of the work instead of holding up the others. */
+static void hmac_work(hmac_job *job)
+{
+    for (;;) {
+        Py_ssize_t i0 = __atomic_fetch_add(&job->next, WN_BATCH, __ATOMIC_RELAXED);
+        if (i0 >= job->n)
+            return;
+        hmac_rows(job, i0, job->n - i0 > WN_BATCH ? i0 + WN_BATCH : job->n);
+    }
+}
+
+static void *hmac_thread(void *arg)
+{
+    hmac_work((hmac_job *)arg);
+    return NULL;
+}
+#endif
 
 static int usable_cpus(void)
 {
@@ -615,36 +629,27 @@ static int usable_cpus(void)
 #endif
 }
 
-/* Run the rows over `threads` threads (this one included); 0 when every row is done. */
-static void hmac_run(hmac_job *base_job, Py_ssize_t n, int threads)
+/* Hash every row over `threads` threads, this one included (it alone, if no other thread
+ * can be started). */
+static void hmac_run(hmac_job *job, int threads)
 {
 #ifdef WN_THREADS
     if (threads > 1) {
-        hmac_job jobs[WN_MAX_THREADS];
         pthread_t tids[WN_MAX_THREADS];
         int started[WN_MAX_THREADS] = {0};
-        for (int t = 0; t < threads; t++) {
-            jobs[t] = *base_job;
-            jobs[t].i0 = n * t / threads;
-            jobs[t].i1 = n * (t + 1) / threads;
-        }
+        job->next = 0;
         for (int t = 1; t < threads; t++)
-            started[t] = pthread_create(&tids[t], NULL, hmac_thread, &jobs[t]) == 0;
-        hmac_rows(&jobs[0]);
-        for (int t = 1; t < threads; t++) {
+            started[t] = pthread_create(&tids[t], NULL, hmac_thread, job) == 0;
+        hmac_work(job);
+        for (int t = 1; t < threads; t++)
             if (started[t])
                 pthread_join(tids[t], NULL);
-            else
-                hmac_rows(&jobs[t]); /* could not start a thread: do its share here */
-        }
         return;
     }
 #else
     (void)threads;
 #endif
-    base_job->i0 = 0;
-    base_job->i1 = n;
-    hmac_rows(base_job);
+    hmac_rows(job, 0, job->n);
 }
 
 static PyObject *py_hmac_sha256_hex(PyObject *self, PyObject *args, PyObject *kwargs)
@@ -725,6 +730,7 @@ static PyObject *py_hmac_sha256_hex(PyObject *self, PyObject *args, PyObject *kw
     job.out = PyBytes_AS_STRING(out);
     job.hk = &hk;
     job.use_ni = !portable && cpu_has_sha_ni();
+    job.n = n;
 #ifdef WN_X86
     ni_key nk;
     if (job.use_ni)
@@ -743,7 +749,7 @@ static PyObject *py_hmac_sha256_hex(PyObject *self, PyObject *args, PyObject *kw
     if (threads > n)
         threads = n < 1 ? 1 : (int)n;
     Py_BEGIN_ALLOW_THREADS
-    hmac_run(&job, n, threads);
+    hmac_run(&job, threads);
     Py_END_ALLOW_THREADS
     in_release(&views);
     PyObject *result = PyTuple_Pack(2, out_offsets, out);
