@@ -647,7 +647,8 @@ def test_postgres_row_description_cross_checks_the_lineage(pg_inproc: Any) -> No
         return _frames(gw._execute(ana, req, analysis, decision, base, "q_origin", {}, gw._limits(ana, req), time.monotonic(), catalog))
 
     control = run(real)  # the true lineage: b (email) masked, a (name) clear
-    assert [k for k, _ in control] == [b"C", b"S", b"A", b"A", b"E", b"T"]
+    kinds = [k for k, _ in control]
+    assert kinds[:2] == [b"C", b"S"] and kinds[-2:] == [b"E", b"T"] and set(kinds[2:-2]) == {b"A"}, kinds
     ipc = b"".join(p for k, p in control if k == b"A")
     rows = pa.ipc.open_stream(ipc).read_all().to_pylist()
     assert rows[0] == {"a": "Ada Lovelace", "b": "****@analytical.example"}

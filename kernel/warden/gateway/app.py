@@ -6,8 +6,11 @@ status; a malformed request is a 400 that says what is wrong.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from typing import Any
 
 from starlette.applications import Starlette
@@ -123,7 +126,7 @@ def create_app(gateway: Gateway, authenticate: Authenticate, *, audit_reader: An
         outcome, first = await run_in_threadpool(start)
         if outcome.frames is None:
             return JSONResponse(outcome.body, status_code=outcome.http_status)
-        return StreamingResponse(_iterate(first, outcome.frames), media_type=CONTENT_TYPE)
+        return StreamingResponse(_overlapped(first, outcome.frames), media_type=CONTENT_TYPE)
 
     async def cancel(request: Request) -> Response:
         who = await identity_of(request)
@@ -364,22 +367,109 @@ def check_context(context: Any, where: str = "'context'") -> dict[str, Any]:
 
 
 _CHUNK = 256 << 10
+_DIRECT = 64 << 10  # a payload at least this big is sent as is, never joined (copied)
+_AHEAD = 8  # chunks the producer may be ahead of the socket
 
 
-def _iterate(first: bytes, frames: Iterator[bytes]) -> Iterator[bytes]:
-    """The first frame at once, then frames gathered into chunks of up to 256 KiB:
-    each chunk is one thread hop, so a small result costs one hop, not one per frame."""
-    yield first
-    pending: list[bytes] = []
-    size = 0
-    for chunk in frames:
-        pending.append(chunk)
-        size += len(chunk)
-        if size >= _CHUNK:
+def _iterate(first: bytes, frames: Iterator[Any]) -> Generator[Any, None, None]:
+    """The first frame at once, then small frames gathered into chunks of up to 256 KiB
+    and large payloads (Arrow IPC messages, memoryviews) passed through uncopied."""
+    try:
+        yield first
+        pending: list[Any] = []
+        size = 0
+        for piece in frames:
+            n = piece.nbytes if isinstance(piece, memoryview) else len(piece)
+            if n >= _DIRECT:
+                if pending:
+                    pending.append(piece)
+                    yield b"".join(pending)  # the header and whatever small came before
+                    pending, size = [], 0
+                else:
+                    yield piece
+                continue
+            pending.append(piece)
+            size += n
+            if size >= _CHUNK:
+                yield b"".join(pending)
+                pending, size = [], 0
+        if pending:
             yield b"".join(pending)
-            pending, size = [], 0
-    if pending:
-        yield b"".join(pending)
+    finally:
+        close = getattr(frames, "close", None)
+        if close is not None:
+            close()  # in this thread: the statement sees GeneratorExit, is cancelled, audited
+
+
+_END = object()
+
+
+def _take_two(chunks: Iterator[Any]) -> list[Any]:
+    out = []
+    for _ in range(2):
+        item = next(chunks, _END)
+        out.append(item)
+        if item is _END:
+            break
+    return out
+
+
+async def _overlapped(first: bytes, frames: Iterator[Any]) -> AsyncIterator[Any]:
+    """The response body.
+
+    A small result costs one thread hop: its frames come back together. A larger one is
+    produced by a thread of its own while the event loop sends: fetching, masking and
+    framing the next chunk overlap sending this one, up to ``_AHEAD`` chunks ahead (then
+    the producer waits, so a slow client holds back the database, not the gateway's
+    memory). When the client goes away the producer closes the frames in its own
+    thread, so the statement is cancelled and its completion recorded as before."""
+    chunks = _iterate(first, frames)
+    yield next(chunks)  # the first frame, ready: no hop
+    started = False
+    gone = threading.Event()
+    try:
+        head = await run_in_threadpool(_take_two, chunks)
+        for item in head:
+            if item is _END:
+                return
+            yield item
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        slots = threading.Semaphore(_AHEAD)
+
+        def put(item: Any) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        def produce() -> None:
+            try:
+                for chunk in chunks:
+                    while not slots.acquire(timeout=0.25):
+                        if gone.is_set():
+                            return
+                    if gone.is_set():
+                        return
+                    put(chunk)
+                put(_END)
+            except BaseException as exc:  # handed to the response, which ends the stream
+                put(exc)
+            finally:
+                chunks.close()
+
+        threading.Thread(target=produce, name="warden-stream", daemon=True).start()
+        started = True
+        while True:
+            item = await queue.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            slots.release()
+            yield item
+    finally:
+        gone.set()
+        if not started:
+            with contextlib.suppress(ValueError):  # still running in the threadpool: it ends there
+                threading.Thread(target=chunks.close, daemon=True).start()
 
 
 def _cell_request(data: dict[str, Any]) -> CellRequest:

@@ -20,7 +20,9 @@ import io
 import json
 import struct
 from collections.abc import Iterator
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Final
+
+import pyarrow as pa
 
 CONTENT_TYPE = "application/vnd.warden.frames"
 _HEADER = struct.Struct(">cI")
@@ -32,6 +34,78 @@ def frame(kind: bytes, payload: bytes) -> bytes:
 
 def json_frame(kind: bytes, data: dict[str, Any]) -> bytes:
     return frame(kind, json.dumps(data, default=str, separators=(",", ":")).encode())
+
+
+def frame_header(kind: bytes, length: int) -> bytes:
+    """The 5 bytes before a payload that is sent as a piece of its own (not copied)."""
+    return _HEADER.pack(kind, length)
+
+
+#: End of an Arrow IPC stream (continuation marker, zero-length metadata).
+_IPC_EOS: Final = b"\xff\xff\xff\xff\x00\x00\x00\x00"
+
+
+class ArrowStreamPieces:
+    """One statement's Arrow IPC stream, as the payloads of its ``A`` frames.
+
+    Each batch becomes its own encapsulated IPC message (``RecordBatch.serialize``: one
+    C++ pass into a fresh buffer, without the GIL), sent as is: no writer into a Python
+    file object, no copy out of it and no copy into a framed ``bytes``. A schema with a
+    dictionary anywhere needs dictionary messages, so it goes through the IPC writer.
+    Every batch must have the stream's schema (a reader would misread another)."""
+
+    def __init__(self) -> None:
+        self._schema: pa.Schema | None = None
+        self._writer: Any = None
+        self._sink: io.BytesIO | None = None
+
+    def add(self, batch: pa.RecordBatch) -> list[Any]:
+        out: list[Any] = []
+        if self._schema is None:
+            self._schema = batch.schema
+            if _has_dictionary(batch.schema):
+                self._sink = io.BytesIO()
+                self._writer = pa.ipc.new_stream(self._sink, batch.schema)
+            else:
+                out.append(batch.schema.serialize())
+        elif not batch.schema.equals(self._schema):
+            raise pa.ArrowInvalid("a result batch does not have the schema of the batches before it")
+        if self._writer is None:
+            out.append(batch.serialize())
+            return out
+        self._writer.write_batch(batch)
+        return out + self._drain()
+
+    def close(self, schema: pa.Schema | None) -> list[Any]:
+        """The end of the stream (with the schema first when no batch came)."""
+        if self._writer is not None:
+            self._writer.close()
+            return self._drain()
+        if self._schema is None and schema is not None:
+            if _has_dictionary(schema):
+                self._sink = io.BytesIO()
+                self._writer = pa.ipc.new_stream(self._sink, schema)
+                return self.close(schema)
+            return [schema.serialize(), _IPC_EOS]
+        return [_IPC_EOS]
+
+    def _drain(self) -> list[Any]:
+        assert self._sink is not None
+        chunk = self._sink.getvalue()
+        self._sink.seek(0)
+        self._sink.truncate()
+        return [chunk] if chunk else []
+
+
+def _has_dictionary(schema: pa.Schema) -> bool:
+    def walk(t: Any) -> bool:
+        if pa.types.is_dictionary(t):
+            return True
+        if isinstance(t, pa.BaseExtensionType):
+            return walk(t.storage_type)
+        return any(walk(t.field(i).type) for i in range(t.num_fields)) if t.num_fields else False
+
+    return any(walk(f.type) for f in schema)
 
 
 def read_frames(stream: BinaryIO) -> Iterator[tuple[bytes, bytes]]:
@@ -73,7 +147,7 @@ class _ChunkReader(io.RawIOBase):
     def readinto(self, b: Any) -> int:
         while not len(self._buf):
             try:
-                self._buf = memoryview(next(self._chunks))
+                self._buf = memoryview(next(self._chunks)).cast("B")  # bytes, or an Arrow buffer's view
             except StopIteration:
                 return 0
         n = min(len(b), len(self._buf))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
-import io
 import itertools
 import json
 import re
@@ -39,7 +38,7 @@ from warden.gateway.execute import (
     Session,
     StatementResult,
 )
-from warden.gateway.frames import json_frame
+from warden.gateway.frames import ArrowStreamPieces, frame_header, json_frame
 from warden.gateway.shape import check_origins, check_result_shape
 from warden.gateway.state import setup_state
 from warden.masking.detectors import scan_and_mask_values
@@ -684,8 +683,18 @@ class Gateway:
                         capture_file = open(path, "wb")  # noqa: SIM115 - closed at the statement's end
                         captured.append(str(path))
                     if schema is not None:
-                        sink = io.BytesIO()
-                        writer: Any = None
+                        pieces = ArrowStreamPieces()
+
+                        def send(payloads: list[Any], capture: Any = capture_file) -> Iterator[Any]:
+                            # Each payload is its own A frame, sent without copying it.
+                            for payload in payloads:
+                                view = memoryview(payload)
+                                digest.update(view)
+                                if capture is not None:
+                                    capture.write(view)
+                                yield frame_header(b"A", view.nbytes)
+                                yield view
+
                         for batch in _prefetch(result.batches):
                             batch = self._mask_batch(batch, masks, found, st.index)
                             if limits.max_rows and rows + batch.num_rows > limits.max_rows:
@@ -694,33 +703,15 @@ class Gateway:
                             if limits.max_bytes and size + batch.nbytes > limits.max_bytes and rows:
                                 truncated = True
                                 break
-                            if writer is None:
-                                writer = pa.ipc.new_stream(sink, batch.schema)
-                            writer.write_batch(batch)
                             rows += batch.num_rows
                             size += batch.nbytes
                             if len(sample) < sample_size:
                                 sample.extend(batch.slice(0, sample_size - len(sample)).to_pylist())
-                            chunk = sink.getvalue()
-                            sink.seek(0)
-                            sink.truncate()
-                            if chunk:
-                                digest.update(chunk)
-                                if capture_file is not None:
-                                    capture_file.write(chunk)
-                                yield b"A" + len(chunk).to_bytes(4, "big") + chunk
+                            yield from send(pieces.add(batch))
                             if truncated:
                                 cancel.set()
                                 break
-                        if writer is None:
-                            writer = pa.ipc.new_stream(sink, schema)
-                        writer.close()
-                        tail = sink.getvalue()
-                        if tail:
-                            digest.update(tail)
-                            if capture_file is not None:
-                                capture_file.write(tail)
-                            yield b"A" + len(tail).to_bytes(4, "big") + tail
+                        yield from send(pieces.close(schema))
                     else:
                         rows = max(result.rowcount, 0)
                 finally:
