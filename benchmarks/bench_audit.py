@@ -1,10 +1,12 @@
 """Sustained append throughput of the audit stores, against a naive one-transaction-per-event writer.
 
 Run: python benchmarks/bench_audit.py [--seconds S] [--threads 1,8,50] [--event full|typical]
-                                      [--pg-dsn DSN] [--skip-postgres]
+                                      [--duckdb journal,direct] [--pg-dsn DSN] [--skip-postgres]
 
-For each store (a DuckDB file; PostgreSQL: a throwaway server from tests/pgserver.py
-unless --pg-dsn is given) and each thread count, every thread loops for S seconds:
+For each store (a DuckDB file, "duckdb-j" with its intent journal, ``journal=True``,
+and "duckdb" committing every batch to DuckDB directly, the default; PostgreSQL: a throwaway
+server from tests/pgserver.py unless --pg-dsn is given) and each thread count, every
+thread loops for S seconds:
 build one EventDraft, ``append`` it, measure how long the append took (until the
 record is committed). Reported: events/s, p50/p99 append latency, the mean number of
 events per transaction (what group commit achieved), and the same figures for a naive
@@ -12,7 +14,9 @@ writer measured in the same run on the same store type: one transaction per even
 (lock the head, hash, INSERT one row, move the head, COMMIT) behind a mutex, which
 is what a straightforward implementation does. Extra rows show the batch API (threads
 appending 250-500 events per call; latency is then per call) and asyncio callers
-(``append_async``, 50 tasks).
+(``append_async``, 50 tasks). Every measurement ends with a read, which waits until
+DuckDB has absorbed everything journalled: the rates are sustained, not just journalled.
+After each store, one line gives the latency of a single caller's durable append.
 
 Goal: >= 20 000 events/s sustained. "full" events fill every field of the record
 (four JSON fields); "typical" events are what a query.executed record carries.
@@ -99,6 +103,7 @@ def run_threads(store: AuditStore, make: Callable[[int], EventDraft], threads: i
     t0 = time.perf_counter()
     for t in pool:
         t.join()
+    store.tail(1)  # a read: waits until everything appended is in DuckDB itself
     elapsed = time.perf_counter() - t0
     flat = sorted(x for lst in latencies for x in lst)
     return summarise(flat, elapsed, store.stats.events - before[0], store.stats.batches - before[1])
@@ -124,6 +129,7 @@ def run_batch_api(store: AuditStore, make: Callable[[int], EventDraft], threads:
         t.start()
     for t in pool:
         t.join()
+    store.tail(1)
     flat = sorted(x for lst in latencies for x in lst)
     return summarise(flat, time.perf_counter() - t0, store.stats.events - before[0], store.stats.batches - before[1])
 
@@ -146,6 +152,7 @@ def run_async(store: AuditStore, make: Callable[[int], EventDraft], tasks: int, 
 
         t0 = time.perf_counter()
         await asyncio.gather(*(task(n) for n in range(tasks)))
+        store.tail(1)
         return time.perf_counter() - t0
 
     elapsed = asyncio.run(main())
@@ -154,10 +161,11 @@ def run_async(store: AuditStore, make: Callable[[int], EventDraft], tasks: int, 
 
 def summarise(latencies: list[float], elapsed: float, events: int, batches: int) -> dict[str, float]:
     if not latencies:
-        return {"rate": 0.0, "p50": 0.0, "p99": 0.0, "batch": 0.0}
+        return {"rate": 0.0, "p50": 0.0, "p90": 0.0, "p99": 0.0, "batch": 0.0}
     return {
         "rate": events / elapsed,
         "p50": statistics.median(latencies) * 1e3,
+        "p90": latencies[min(len(latencies) - 1, int(len(latencies) * 0.9))] * 1e3,
         "p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1e3,
         "batch": events / batches if batches else 0.0,
     }
@@ -240,10 +248,12 @@ def run_naive(naive: NaiveWriter, make: Callable[[int], EventDraft], threads: in
 # --------------------------------------------------------------------------- main
 
 
-def bench_store(name: str, url: str, naive_target: Callable[[], str], make: Callable[[int], EventDraft], args: argparse.Namespace) -> list[tuple[Any, ...]]:
+def bench_store(
+    name: str, url: str, naive_target: Callable[[], str], make: Callable[[int], EventDraft], args: argparse.Namespace, **options: Any
+) -> list[tuple[Any, ...]]:
     rows: list[tuple[Any, ...]] = []
-    naive = NaiveWriter("duckdb" if name == "duckdb" else "postgres", naive_target())
-    store = open_store(url, chain_id="bench", signing_key=b"bench-secret-0123456789abcdef", checkpoint_every=10_000)
+    naive = NaiveWriter("duckdb" if name.startswith("duckdb") else "postgres", naive_target())
+    store = open_store(url, chain_id="bench", signing_key=b"bench-secret-0123456789abcdef", checkpoint_every=10_000, **options)
     try:
         for threads in args.threads:
             got = run_threads(store, make, threads, args.seconds)
@@ -257,6 +267,8 @@ def bench_store(name: str, url: str, naive_target: Callable[[], str], make: Call
         got = run_async(store, make, 50, args.seconds)
         rows.append((name, "50 asyncio tasks", got, None))
         print_row(*rows[-1])
+        one = run_threads(store, make, 1, args.seconds)
+        print(f"{name:<9} 1-caller durable append latency: p50 {one['p50']:.2f} ms, p90 {one['p90']:.2f} ms, p99 {one['p99']:.2f} ms ({one['rate']:.0f} events/s)", flush=True)
     finally:
         store.close()
         naive.close()
@@ -279,6 +291,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="duration of each measurement (default 3)")
     parser.add_argument("--threads", default="1,8,50", help="thread counts (default 1,8,50)")
     parser.add_argument("--event", choices=("full", "typical"), default="full", help="event shape (default full)")
+    parser.add_argument("--duckdb", default="journal,direct", help="DuckDB modes: journal (journal=True), direct (journal=False, the default)")
     parser.add_argument("--pg-dsn", help="use this PostgreSQL (an empty database) instead of a throwaway server")
     parser.add_argument("--skip-postgres", action="store_true")
     args = parser.parse_args()
@@ -287,7 +300,13 @@ def main() -> None:
     print(f"audit append benchmark: {args.event} events, {args.seconds:.0f} s per measurement, {os.cpu_count()} CPU(s), goal >= {GOAL} events/s")
     print_header()
     with tempfile.TemporaryDirectory() as tmp:
-        bench_store("duckdb", f"duckdb://{tmp}/audit.duckdb", lambda: f"{tmp}/naive.duckdb", make, args)
+        for mode in args.duckdb.split(","):
+            if mode == "journal":
+                bench_store("duckdb-j", f"duckdb://{tmp}/audit.duckdb", lambda: f"{tmp}/naive.duckdb", make, args, journal=True)
+            elif mode == "direct":
+                bench_store("duckdb", f"duckdb://{tmp}/direct.duckdb", lambda: f"{tmp}/naive2.duckdb", make, args, journal=False)
+            else:
+                parser.error(f"unknown DuckDB mode {mode!r}")
         if args.skip_postgres:
             return
         if args.pg_dsn:

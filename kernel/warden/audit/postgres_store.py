@@ -198,7 +198,7 @@ class PostgresStore(AuditStore):
             raise AuditUnavailable(f"audit store {self.describe()}: the head row of chain {self.chain_id!r} disappeared")
         return int(row[0]), str(row[1])
 
-    def _payload(self, events: list[AuditEvent]) -> Any:
+    def _payload(self, events: list[AuditEvent], canonicals: list[bytes]) -> Any:
         rows = record_rows(events)
         for row in rows:
             for i in _LIST_COLUMNS:

@@ -581,21 +581,43 @@ def chain_hash(prev_hash: str, canonical: bytes) -> str:
 
 
 def seal(draft: EventDraft, *, chain_id: str, seq: int, prev_hash: str, now: dt.datetime) -> AuditEvent:
-    """Complete a draft into a chained record (the store calls this under its chain lock)."""
-    values = draft.__dict__.copy()  # every draft field, plus the cached JSON texts
-    if values["event_time"] is None:
-        values["event_time"] = now
-    values["chain_id"] = chain_id
-    values["seq"] = seq
-    values["prev_hash"] = prev_hash
-    json_texts(draft)  # make sure the texts are cached (a draft built via replace() has none)
-    values["_json_texts"] = draft.__dict__["_json_texts"]
-    # The draft was validated already: fill the frozen instance directly instead of
+    """Complete a draft into a chained record with ``seq`` (the store calls
+    :func:`seal_many` under its chain lock)."""
+    return seal_many((draft,), chain_id=chain_id, seq=seq - 1, prev_hash=prev_hash, now=now)[0][0]
+
+
+def seal_many(
+    drafts: Iterable[EventDraft], *, chain_id: str, seq: int, prev_hash: str, now: dt.datetime
+) -> tuple[list[AuditEvent], list[bytes]]:
+    """:func:`seal` the drafts in order after (``seq``, ``prev_hash``): the records and
+    the canonical bytes each hash covers (what an intent journal writes, so the store
+    does not encode each record twice)."""
+    # The drafts were validated already: each record is filled directly instead of
     # paying the dataclass __init__ (a setattr per field) on the hot path.
-    record = object.__new__(AuditEvent)
-    record.__dict__.update(values)
-    record.__dict__["record_hash"] = chain_hash(prev_hash, canonical_bytes(record))
-    return record
+    records: list[AuditEvent] = []
+    canonicals: list[bytes] = []
+    new = object.__new__
+    sha256 = hashlib.sha256
+    prev = prev_hash
+    for draft in drafts:
+        seq += 1
+        values = draft.__dict__.copy()  # every draft field, plus the cached JSON texts
+        if values["event_time"] is None:
+            values["event_time"] = now
+        values["chain_id"] = chain_id
+        values["seq"] = seq
+        values["prev_hash"] = prev
+        values["_json_texts"] = json_texts(draft)  # cached (a draft built via replace() has none yet)
+        record = new(AuditEvent)
+        d = record.__dict__
+        d.update(values)
+        canonical = _canonical_text(record).encode("utf-8", "surrogatepass")
+        h = sha256(prev.encode("ascii", "replace"))
+        h.update(canonical)
+        prev = d["record_hash"] = h.hexdigest()
+        records.append(record)
+        canonicals.append(canonical)
+    return records, canonicals
 
 
 def json_text(value: Json) -> str | None:

@@ -10,7 +10,8 @@ hashes, inserts all records, writes a checkpoint when one is due, moves the head
 commits. Then it wakes every caller of the batch. Under load a transaction therefore
 carries as many events as arrived during the previous commit: the commit is paid once
 per batch rather than once per event, while each caller still returns only after
-*its* records are durable.
+*its* records are durable. (The DuckDB store makes a batch durable in its intent
+journal instead and absorbs it into DuckDB from another thread: ``duckdb_store``.)
 
 If the transaction fails, nothing of it is visible (it is rolled back) and every
 caller of the batch gets :class:`AuditUnavailable`; the next batch starts from the
@@ -55,7 +56,7 @@ from warden.audit.record import (
     check_chain_id,
     json_texts,
     parse_time,
-    seal,
+    seal_many,
     utcnow,
 )
 from warden.audit.schema import ARROW_SCHEMA, COLUMN_LIST, q
@@ -591,8 +592,8 @@ class AuditStore(ABC):
         drafts = item.requests[0].drafts if len(item.requests) == 1 else [d for r in item.requests for d in r.drafts]
         item.base = head
         item.now = now
-        item.events = self._seal_batch(head[0], head[1], drafts, now)
-        item.payload = self._payload(item.events)
+        item.events, canonicals = self._seal_batch(head[0], head[1], drafts, now)
+        item.payload = self._payload(item.events, canonicals)
 
     def _dispatch(self, item: _Batch) -> bool:
         """Carry out one item; wake its callers. True when the writer should stop."""
@@ -716,18 +717,10 @@ class AuditStore(ABC):
                 # evidence but must not stop the audit trail itself.
                 log.error("cannot append checkpoint to %s: %s", self.checkpoint_file, exc)
 
-    def _seal_batch(self, head_seq: int, head_hash: str, drafts: Sequence[EventDraft], now: dt.datetime) -> list[AuditEvent]:
-        """Assign seq and hashes after the given head."""
-        out = []
-        chain_id = self.chain_id
-        prev = head_hash
-        seq = head_seq
-        for draft in drafts:
-            seq += 1
-            rec = seal(draft, chain_id=chain_id, seq=seq, prev_hash=prev, now=now)
-            prev = rec.record_hash
-            out.append(rec)
-        return out
+    def _seal_batch(self, head_seq: int, head_hash: str, drafts: Sequence[EventDraft], now: dt.datetime) -> tuple[list[AuditEvent], list[bytes]]:
+        """Assign seq and hashes after the given head: the records, and the canonical
+        bytes each record's hash covers."""
+        return seal_many(drafts, chain_id=self.chain_id, seq=head_seq, prev_hash=head_hash, now=now)
 
     def _checkpoint_due(self, added: int) -> bool:
         if self._key is None:
@@ -777,8 +770,9 @@ class AuditStore(ABC):
         """A write failed: roll back and drop the connection if it may be broken."""
 
     @abstractmethod
-    def _payload(self, events: list[AuditEvent]) -> Any:
-        """The records in the form the backend inserts (built before the transaction)."""
+    def _payload(self, events: list[AuditEvent], canonicals: list[bytes]) -> Any:
+        """The records in the form the backend inserts or journals (built before the
+        transaction); ``canonicals`` are the bytes each record's hash covers."""
 
     @abstractmethod
     def _commit(self, item: _Batch, checkpoint_for: Callable[[_Batch], Checkpoint | None]) -> Checkpoint | None:
