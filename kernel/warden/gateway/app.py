@@ -59,8 +59,15 @@ def create_app(gateway: Gateway, authenticate: Authenticate, *, audit_reader: An
         interval=gateway.config.auth.failure_window_seconds,
     )
 
+    cached_identity = getattr(authenticate, "cached", None)
+
     async def identity_of(request: Request) -> Identity:
         header = request.headers.get("authorization")
+        if cached_identity is not None:
+            with contextlib.suppress(WardenError):
+                found: Identity | None = cached_identity(header)
+                if found is not None:
+                    return found
         try:
             return await run_in_threadpool(authenticate, header)
         except WardenError as exc:

@@ -193,7 +193,7 @@ def _read_cell(chunks: Iterator[bytes]) -> CellResult:
     trailer: dict[str, Any] = {}
     statements: list[StatementResult] = []
     current: StatementResult | None = None
-    ipc = bytearray()
+    ipc: list[bytes] = []  # the statement's A payloads, joined once at its end
     try:
         for kind, payload in read_frames(stream):
             if kind == b"C":
@@ -201,14 +201,14 @@ def _read_cell(chunks: Iterator[bytes]) -> CellResult:
             elif kind == b"S":
                 meta = json.loads(payload)
                 current = StatementResult(meta["index"], meta["kind"], None, meta.get("masks", []))
-                ipc = bytearray()
+                ipc = []
             elif kind == b"A":
-                ipc += payload
+                ipc.append(payload)
             elif kind == b"E":
                 end = json.loads(payload)
                 if current is not None:
                     if ipc:
-                        current.table = pa.ipc.open_stream(bytes(ipc)).read_all()
+                        current.table = pa.ipc.open_stream(ipc[0] if len(ipc) == 1 else b"".join(ipc)).read_all()
                     current.rows, current.truncated = end["rows"], end["truncated"]
                     current.rowcount = end.get("rowcount", -1)
                     current.detectors = list(end.get("detectors", []) or [])

@@ -203,6 +203,8 @@ def build(config: GatewayConfig, *, store: Any = None, oidc_transport: Any = Non
         def authenticate(header: str | None) -> Identity:
             return local.verify(bearer_token(header))
 
+        authenticate.cached = authenticate  # type: ignore[attr-defined]  # cheap: no thread hop needed
+
     elif config.auth.mode == "jupyterhub":  # Hub tokens, plus OIDC JWTs for service accounts
         from warden.hub.auth import hub_authenticator
 
@@ -230,6 +232,13 @@ def build(config: GatewayConfig, *, store: Any = None, oidc_transport: Any = Non
             identity = verifier.verify(token)
             cache.put(token, identity)
             return identity
+
+        def cached(header: str | None) -> Identity | None:
+            return cache.get(bearer_token(header))
+
+        # A token verified in the last minute is answered on the event loop (no thread
+        # hop); a new one is verified (signature, JWKS) in the threadpool.
+        authenticate.cached = cached  # type: ignore[attr-defined]
 
     def read_audit(params: dict[str, str]) -> list[dict[str, Any]]:
         limit = int(params.get("limit", "100"))
