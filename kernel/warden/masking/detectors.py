@@ -428,6 +428,21 @@ def _scan_values(a: Any, chosen: list[_Detector]) -> tuple[Any, dict[str, Any]]:
         # Small results (the common interactive query) skip Arrow's per-call RE2
         # compile of the combined pattern: a cached Python regex says "nothing here".
         return a, {}
+    return _scan_vectorised(a, chosen)
+
+
+def _reference_scan_values(a: Any, chosen: list[_Detector]) -> tuple[Any, dict[str, Any]]:
+    """The per-candidate implementation the vectorised ``_scan_values`` replaced, kept as
+    the reference it is tested (and benchmarked) against: one RE2 pass with every
+    detector's candidate pattern, then per detector RE2 on its candidates and Python's
+    ``re`` (with the whole-value card prepass) for the checksummed ones."""
+    if len(a) == 0 or not chosen:
+        return a, {}
+    combined = "|".join(f"(?:{d.candidate})" for d in chosen)
+    if len(a) <= _SMALL and not _any_candidate(a, combined):
+        # Small results (the common interactive query) skip Arrow's per-call RE2
+        # compile of the combined pattern: a cached Python regex says "nothing here".
+        return a, {}
     any_hit = pc.fill_null(pc.match_substring_regex(a, combined), False)
     if not pc.any(any_hit).as_py():
         return a, {}
@@ -493,6 +508,551 @@ def _python_masking(det: _Detector, rows: Any) -> tuple[Any, Any]:
 
 def _falses(n: int) -> Any:
     return pa.array(np.zeros(n, dtype=bool))
+
+
+# --------------------------------------------------------------------------- vectorised scan
+#
+# The same masking as ``_reference_scan_values``, found without a per-row RE2 pass over the
+# whole column and without Python per card candidate:
+#
+# 1. ``_flag_rows``: per detector, a superset of the rows whose candidate pattern matches,
+#    from numpy over the Arrow data buffer. A byte a detector needs ('@', '-', '_', '+',
+#    '(', 'J', 'A') is first looked for with ``bytes.find`` (memchr) over the whole buffer;
+#    only when present are its positions taken and their neighbours checked. The digit
+#    shapes (card runs, NANP phones, IBAN starts) are shifted boolean ANDs over the buffer
+#    in cache-sized chunks. A row flagged by no detector cannot match any candidate, so it
+#    is never looked at again (the reference skips it too: its combined pattern fails).
+# 2. Per detector, in ``DETECTORS`` order, over the flagged rows only: the detector's own
+#    RE2 candidate pattern still gates every detector but card (on the current text, as in
+#    the reference), then RE2 replaces (secret, e-mail) or the Python masker runs (SSN,
+#    phone, IBAN), after whole-value prepasses in numpy (IBAN mod-97, SSN). Card is masked
+#    entirely in numpy (``_mask_cards``): digit groups, runs, the windows of whole groups
+#    with 13-19 digits, Luhn per window, longest then leftmost window per run.
+# 3. Rows a detector changed get their flags recomputed for the detectors after it (a
+#    token can change what a later candidate pattern sees), and the changed rows are
+#    written back into the column.
+
+_CHUNK: Final = 1 << 18
+_PAD: Final = 32  # bytes of context either side of a chunk (a card run spans <= 25)
+
+
+def _text_buffers(a: Any) -> tuple[Any, Any]:
+    """The data bytes of string array ``a`` (uint8, from its first value's start) and its
+    offsets relative to them (int64, ``len(a) + 1``)."""
+    bufs = a.buffers()
+    otype = np.int64 if pa.types.is_large_string(a.type) else np.int32
+    offs = np.frombuffer(bufs[1], dtype=otype)[a.offset : a.offset + len(a) + 1].astype(np.int64)
+    base, end = int(offs[0]), int(offs[-1])
+    if bufs[2] is None or end <= base:
+        return np.zeros(0, dtype=np.uint8), offs - base
+    return np.frombuffer(bufs[2], dtype=np.uint8)[base:end], offs - base
+
+
+def _valid(a: Any) -> Any:
+    if not a.null_count:
+        return None
+    return a.is_valid().to_numpy(zero_copy_only=False)
+
+
+def _is_digit(x: Any) -> Any:
+    return (x - 48) < 10  # uint8 arithmetic wraps: below '0' becomes >= 208
+
+
+def _flag_rows(a: Any, names: Sequence[str]) -> dict[str, Any]:
+    """Per detector in ``names``, a boolean numpy array: True for every row whose text
+    the detector's candidate pattern might match (a superset; never a row it matches
+    left out). Null rows are False."""
+    n = len(a)
+    flags = {name: np.zeros(n, dtype=bool) for name in names}
+    x, offs = _text_buffers(a)
+    size = len(x)
+    if not size:
+        return flags
+    want = set(names)
+    found: dict[str, list[Any]] = {name: [] for name in names}
+    secret, email, iban, card, ssn = (k in want for k in ("secret", "email", "iban", "card", "ssn"))
+    phone = "phone" in want
+    starts = offs[:-1]
+    width = min(_CHUNK, size)
+    # The chunk with its context, in a bytearray so that memchr (bytearray.find) can say
+    # which bytes the chunk holds: a test needing a byte that is not there is skipped.
+    raw = bytearray(width + 2 * _PAD)
+    buf = np.frombuffer(raw, dtype=np.uint8)
+    for s in range(0, size, _CHUNK):
+        e = min(s + _CHUNK, size)
+        lo, hi = max(0, s - _PAD), min(size, e + _PAD)
+        core = e - s
+        y = buf[: core + 2 * _PAD]
+        y[: _PAD - (s - lo)] = 0
+        y[_PAD - (s - lo) : _PAD + (hi - s)] = x[lo:hi]
+        buf[_PAD + (hi - s) :] = 0
+        has = {ch: raw.find(ch) >= 0 for ch in b"@-_+( .AJ"}
+        dash = has[45] and (secret or ssn)
+        nanp = phone and (has[32] or has[45] or has[46])
+        card_seps = card and (has[32] or has[45])
+        d = _is_digit(y)
+        body = slice(_PAD, _PAD + core)
+        def local(ch: int, body: slice = body, y: Any = y) -> Any:
+            # Indices into y of byte ch in the chunk's core (context bytes stay addressable).
+            return np.flatnonzero(y[body] == ch) + _PAD
+
+        def sh(m: Any, k: int, core: int = core) -> Any:  # m[i + k] for the core's i
+            return m[_PAD + k : _PAD + k + core]
+
+        def in_core(p: Any, core: int = core) -> Any:
+            return p[(p >= _PAD) & (p < _PAD + core)]
+
+        base = s - _PAD  # y index -> buffer position
+        if email and has[64]:
+            found["email"].append(local(64) + base)
+        if dash:
+            p = local(45)
+            if secret:  # sk-, xox?-, -----BEGIN
+                keep = (y[p - 1] == 107) | (y[p - 2] == 120) | (y[p + 1] == 66)
+                found["secret"].append(p[keep] + base)
+            if ssn:  # \d{3}-\d{2}-\d{4}
+                keep = d[p - 1] & d[p + 1] & d[p + 2] & (y[p + 3] == 45)
+                found["ssn"].append(p[keep] + base)
+        if secret and has[95]:  # gh?_, github_pat_, [rs]k_
+            p = local(95)
+            keep = (y[p - 1] == 98) | (y[p - 1] == 107) | (y[p - 2] == 104)
+            found["secret"].append(p[keep] + base)
+        if secret and has[74]:  # eyJ
+            p = local(74)
+            found["secret"].append(p[(y[p - 1] == 121) & (y[p - 2] == 101)] + base)
+        if secret and has[65]:  # AKIA ASIA AIDA AROA AGPA ANPA ANVA AIPA
+            p = local(65)
+            second = y[p + 1]
+            keep = (second == 75) | (second == 83) | (second == 73) | (second == 82)
+            keep |= (second == 71) | (second == 78)
+            found["secret"].append(p[keep] + base)
+        if phone and has[43]:  # \+[1-9]\d
+            p = local(43)
+            keep = ((y[p + 1] - 49) < 9) & d[p + 2]
+            found["phone"].append(p[keep] + base)
+        if phone and has[40]:  # \(\d{3}\)
+            p = local(40)
+            keep = d[p + 1] & d[p + 2] & d[p + 3] & (y[p + 4] == 41)
+            found["phone"].append(p[keep] + base)
+        if not (iban or nanp or card):
+            continue
+        if np.count_nonzero(d) * 8 < len(y):
+            # Few digits: the digit shapes from the digits' positions.
+            digits = np.flatnonzero(d)
+            p = digits[(digits >= _PAD - 1) & (digits < _PAD + core + 2)]
+            if iban:  # [A-Z]{2}\d{2}: from its first digit, letters at -2 and -1
+                keep = d[p + 1] & ((y[p - 1] - 65) < 26) & ((y[p - 2] - 65) < 26)
+                found["iban"].append(in_core(p[keep] - 2) + base)
+            if nanp:  # \d[ .-]\d{3}[ .-]: the first separator
+                q = p + 1
+                c1, c5 = y[q], y[q + 4]
+                keep = (c1 == 32) | (c1 == 45) | (c1 == 46)
+                keep &= (c5 == 32) | (c5 == 45) | (c5 == 46)
+                keep &= d[q + 1] & d[q + 2] & d[q + 3]
+                found["phone"].append(in_core(q[keep]) + base)
+            if card:  # 13 chained digits lie within 25 bytes: >= 13 digits there
+                p = digits
+                many = p[12:] - p[:-12] < 25  # the 13th digit from p is within 25 bytes
+                found["card"].append(in_core(p[:-12][many]) + base)
+            continue
+        chain = d
+        if nanp or card_seps:
+            sep = (y == 32) | (y == 45)
+            if card_seps:
+                # A space or dash between two digits chains them (the card pattern's
+                # `[ -]?`): chain = digit or such a separator.
+                chain = d.copy()
+                chain[1:-1] |= sep[1:-1] & d[:-2] & d[2:]
+            if nanp:  # \d{3}[ .-]\d{3}[ .-]\d{4}
+                sep |= y == 46
+                hit = sh(d, -1) & sh(sep, 0) & sh(d, 1) & sh(d, 2) & sh(d, 3) & sh(sep, 4)
+                found["phone"].append(np.flatnonzero(hit) + s)
+        if iban:
+            up = (y - 65) < 26
+            if up[body].any():  # [A-Z]{2}\d{2}
+                hit = sh(up, 0) & sh(up, 1) & sh(d, 2) & sh(d, 3)
+                found["iban"].append(np.flatnonzero(hit) + s)
+        if card:
+            # 13 chain bytes in a row (13 chained digits are at least that long); one
+            # position per stretch: its first window, and each row start inside one.
+            r = chain[:-1] & chain[1:]
+            r = r[:-2] & r[2:]
+            r = r[:-4] & r[4:]
+            r = r[:-5] & r[5:]  # r[i]: chain[i .. i+12] all set
+            win = r[body]
+            found["card"].append(np.flatnonzero(np.greater(win, sh(chain, -1))) + s)
+            i0, i1 = np.searchsorted(starts, [s, e])
+            row_starts = starts[i0:i1]
+            found["card"].append(row_starts[win[row_starts - s]])
+    valid = _valid(a)
+    for name in names:
+        pos = np.concatenate(found[name]) if found[name] else np.zeros(0, dtype=np.int64)
+        if pos.size:
+            flags[name][np.searchsorted(offs, pos, side="right") - 1] = True
+            if valid is not None:
+                flags[name] &= valid
+    return flags
+
+
+def _splice(a: Any, starts: Any, ends: Any, token: bytes) -> Any:
+    """String array ``a`` with the byte spans ``[starts, ends)`` (sorted, disjoint, each
+    inside one value, positions in ``_text_buffers(a)`` terms) replaced by ``token``."""
+    x, offs = _text_buffers(a)
+    k = len(starts)
+    rows = np.searchsorted(offs, starts, side="right") - 1
+    # Built from raw buffers below: refuse spans that would make the offsets lie.
+    if k and not (
+        (ends >= starts).all()
+        and (starts[1:] >= ends[:-1]).all()
+        and (ends <= offs[rows + 1]).all()
+    ):
+        raise RuntimeError("content detectors: a masked span crosses a value boundary")
+    delta = len(token) - (ends - starts)
+    row_delta = np.bincount(rows, weights=delta, minlength=len(a)).astype(np.int64)
+    new_offs = offs.copy()
+    new_offs[1:] += np.cumsum(row_delta)
+    # Segments in output order: kept bytes before span 0, token, kept bytes, token, ...
+    seg_src = np.empty(2 * k + 1, dtype=np.int64)
+    seg_len = np.empty(2 * k + 1, dtype=np.int64)
+    seg_src[0::2] = np.concatenate(([0], ends))
+    seg_len[0::2] = np.concatenate((starts, [len(x)])) - seg_src[0::2]
+    seg_src[1::2] = len(x)
+    seg_len[1::2] = len(token)
+    out_len = int(seg_len.sum())
+    seg_out = np.cumsum(seg_len) - seg_len
+    index = np.repeat(seg_src - seg_out, seg_len) + np.arange(out_len, dtype=np.int64)
+    src = np.concatenate((x, np.frombuffer(token, dtype=np.uint8)))
+    data = src[index]
+    large = pa.types.is_large_string(a.type)
+    if not large and out_len >= 2**31:
+        raise OverflowError("masked strings exceed the 32-bit offsets of pa.string()")
+    offsets = new_offs.astype(np.int64 if large else np.int32)
+    validity = None
+    if a.null_count:
+        validity = pa.array(_valid(a)).buffers()[1]  # bit-packed, offset 0
+    return pa.Array.from_buffers(
+        a.type, len(a), [validity, pa.py_buffer(offsets), pa.py_buffer(data)], a.null_count
+    )
+
+
+def _windows(buf: Any, width: int, ends: Any) -> Any:
+    """The ``width`` bytes of ``buf`` before each index in ``ends``, a (len(ends), width)
+    matrix (``buf`` must start with ``width`` bytes of padding)."""
+    if ends.size and (int(ends.min()) < width or int(ends.max()) > buf.size):
+        raise IndexError("content detectors: a window outside its buffer")
+    view = np.ndarray(
+        shape=(buf.size - width + 1,), dtype=np.dtype((np.void, width)), buffer=buf, strides=(1,)
+    )
+    return view[ends - width].view(np.uint8).reshape(-1, width)
+
+
+def _mask_cards(a: Any) -> tuple[Any, Any]:
+    """``_card_masker`` over every value of ``a`` (no nulls), vectorised: the masked array
+    and a boolean numpy array of the values it changed.
+
+    ``_CARD_RUN`` is ``(?<![\\d-])\\d(?:[ -]?\\d){12,}(?![\\d])``: its matches are the
+    maximal chains of digit groups joined by one space or dash, from the first group that
+    is preceded by neither a digit nor a dash (the chain's first group unless a dash comes
+    before it, else the first group after a space) to the chain's end, with >= 13 digits.
+    In each such run ``_mask_card_run`` masks the window of whole groups with 13-19 digits
+    that is a card number, the one with the most digits, leftmost among those.
+    """
+    n = len(a)
+    hit = np.zeros(n, dtype=bool)
+    x, offs = _text_buffers(a)
+    size = len(x)
+    if not size:
+        return a, hit
+    d = _is_digit(x)
+    # Digit groups [gs, ge): maximal digit runs, split where a value ends.
+    gs = np.flatnonzero(d[1:] > d[:-1]) + 1
+    ge = np.flatnonzero(d[:-1] > d[1:]) + 1
+    if d[0]:
+        gs = np.concatenate(([0], gs))
+    if d[-1]:
+        ge = np.append(ge, size)
+    inner = offs[1:-1]
+    inner = inner[(inner > 0) & (inner < size)]
+    split = inner[d[inner - 1] & d[inner]]
+    if split.size:
+        gs = np.sort(np.concatenate((gs, split)), kind="stable")  # two sorted runs: a merge
+        ge = np.sort(np.concatenate((ge, split)), kind="stable")
+    g = len(gs)
+    if not g:
+        return a, hit
+    row_start = np.zeros(size + 1, dtype=bool)
+    row_start[offs] = True
+    link = np.zeros(g, dtype=bool)  # link[k]: group k and k + 1 are one chain
+    if g > 1:
+        gap = ge[:-1]
+        sep = x[np.minimum(gap, size - 1)]
+        link[:-1] = (gs[1:] == gap + 1) & ((sep == 32) | (sep == 45))
+        link[:-1] &= ~row_start[gap] & ~row_start[gs[1:]]
+    first = np.ones(g, dtype=bool)
+    first[1:] = ~link[:-1]
+    heads = np.flatnonzero(first)  # the first group of each chain
+    tails = np.append(heads[1:] - 1, g - 1)  # and its last
+    cum = np.zeros(g + 1, dtype=np.int64)
+    np.cumsum(ge - gs, out=cum[1:])
+    # Where the regex starts in a chain: its first group unless a dash is before it, then
+    # the first later group after a space (a dash or digit before a group fails the
+    # look-behind).
+    hs = gs[heads]
+    dashed = ~row_start[hs] & (x[np.maximum(hs - 1, 0)] == 45)
+    eff = heads.copy()
+    if dashed.any():
+        spaced = np.zeros(g, dtype=bool)
+        spaced[1:] = link[:-1] & (x[np.maximum(gs[1:] - 1, 0)] == 32)
+        chain = np.cumsum(first) - 1
+        after_space = np.flatnonzero(spaced)
+        owner = chain[after_space]
+        lead = np.ones(after_space.size, dtype=bool)
+        lead[1:] = owner[1:] != owner[:-1]
+        first_space = np.full(heads.size, g, dtype=np.int64)
+        first_space[owner[lead]] = after_space[lead]
+        eff = np.where(dashed, first_space, heads)
+    # Runs with >= 13 digits, and in each the groups a 13-digit window can start at.
+    has_start = eff < g
+    eff_c = np.minimum(eff, g - 1)
+    run_end = cum[tails + 1]
+    ok = has_start & (run_end - cum[eff_c] >= 13)
+    runs = np.flatnonzero(ok)
+    if not runs.size:
+        return a, hit
+    lo = eff_c[runs]
+    hi = np.searchsorted(cum, run_end[runs] - 13, side="right") - 1  # last start group
+    per = hi - lo + 1
+    run_of = np.repeat(runs, per)
+    wi = np.repeat(lo - (np.cumsum(per) - per), per) + np.arange(int(per.sum()))
+    # Windows [wi .. wj] of whole groups with 13-19 digits, within the run.
+    base = cum[wi]
+    jlo = np.searchsorted(cum, base + 13) - 1
+    jhi = np.minimum(np.searchsorted(cum, base + 19, side="right") - 2, tails[run_of])
+    per = np.maximum(jhi - jlo + 1, 0)
+    total_w = int(per.sum())
+    if not total_w:
+        return a, hit
+    run_of = np.repeat(run_of, per)
+    wi = np.repeat(wi, per)
+    wj = np.repeat(jlo - (np.cumsum(per) - per), per) + np.arange(total_w)
+    wc = cum[wj + 1] - cum[wi]
+    # Luhn (and "not one repeated digit") per window, right-aligned in 19 columns over
+    # the digits alone, a column at a time.
+    digits = np.concatenate((np.zeros(19, dtype=np.uint8), x[d]))
+    digits[19:] -= 48
+    cols = np.ascontiguousarray(_windows(digits, 19, cum[wj + 1] + 19).T)
+    total = np.zeros(total_w, dtype=np.uint8)  # at most 19 * 9
+    varied = np.zeros(total_w, dtype=bool)
+    last_digit = cols[18]
+    wc8 = wc.astype(np.uint8)
+    for c in range(19):
+        from_right = 18 - c
+        col = cols[c]
+        if from_right % 2:  # every second digit from the right doubled, its digits summed
+            col = col * np.uint8(2) - np.uint8(9) * (col > 4).view(np.uint8)
+        if from_right >= 13:  # the shortest window has 13 digits
+            inside = wc8 > from_right
+            total += col * inside.view(np.uint8)
+            varied |= inside & (cols[c] != last_digit)
+        else:
+            total += col
+            varied |= cols[c] != last_digit
+    good = (total % 10 == 0) & varied
+    if not good.any():
+        return a, hit
+    wi, wj, wc, run_of = wi[good], wj[good], wc[good], run_of[good]
+    # Per run: most digits, then the leftmost start group (score = wc * (g + 1) + g - wi).
+    score = wc * (g + 1) + (g - wi)
+    best = np.full(heads.size, -1, dtype=np.int64)
+    np.maximum.at(best, run_of, score)
+    chosen = score == best[run_of]  # one window per run: (wi, wc) fixes wj
+    starts, ends = gs[wi[chosen]], ge[wj[chosen]]
+    rows = np.searchsorted(offs, starts, side="right") - 1
+    hit[rows] = True
+    whole = (starts == offs[rows]) & (ends == offs[rows + 1])
+    if whole.all():  # a card column: every masked value is one card and nothing else
+        return pc.if_else(pa.array(hit), pa.scalar("[card]", a.type), a), hit
+    return _splice(a, starts, ends, b"[card]"), hit
+
+
+def _whole_iban(rows: Any) -> tuple[Any, Any]:
+    """Candidate rows that are one IBAN-shaped run and nothing else, settled in numpy:
+    ``_IBAN_RUN`` matches the whole value, and ``_iban_accept`` masks it whole when its
+    non-space characters are exactly the country's length and pass mod-97, and leaves it
+    when they are fewer or the country is unknown. Longer ones are left to Python."""
+    n = len(rows)
+    settled = np.zeros(n, dtype=bool)
+    hit = np.zeros(n, dtype=bool)
+    whole = pc.fill_null(pc.match_substring_regex(rows, r"^[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}$"), False)
+    idx = np.flatnonzero(whole.to_numpy(zero_copy_only=False))
+    if not idx.size:
+        return settled, hit
+    compact = pc.replace_substring(pc.take(rows, pa.array(idx)), " ", "")
+    x, offs = _text_buffers(compact)
+    length = np.diff(offs)
+    width = 34
+    padded = np.concatenate((np.zeros(width, dtype=np.uint8), x, np.zeros(width, dtype=np.uint8)))
+    mat = _windows(padded, width, offs[:-1] + 2 * width)  # each value, zero-padded
+    country = (mat[:, 0].astype(np.int64) - 65) * 26 + (mat[:, 1].astype(np.int64) - 65)
+    expected = _IBAN_TABLE[country]
+    # ISO 13616: the first four characters moved to the end, letters as 10..35, mod 97.
+    rem = np.zeros(len(idx), dtype=np.int64)
+    for t in range(width):
+        src = np.where(t < length - 4, t + 4, t - (length - 4))
+        ch = mat[np.arange(len(idx)), np.clip(src, 0, width - 1)].astype(np.int64)
+        letter = ch >= 65
+        value = np.where(letter, ch - 55, ch - 48)
+        step = np.where(letter, (rem * 100 + value) % 97, (rem * 10 + value) % 97)
+        rem = np.where(t < length, step, rem)
+    ok = (expected == length) & (rem == 1)
+    done = (expected == 0) | (length <= expected)
+    settled[idx] = done
+    hit[idx] = done & ok
+    return settled, hit
+
+
+_IBAN_TABLE: Final = np.zeros(26 * 26, dtype=np.int64)
+for _cc, _len in IBAN_LENGTHS.items():
+    _IBAN_TABLE[(ord(_cc[0]) - 65) * 26 + ord(_cc[1]) - 65] = _len
+
+
+def _mask_ssns(rows: Any) -> tuple[Any, Any]:
+    """``_SSN_RUN`` over every value of ``rows`` (no nulls), vectorised.
+
+    Its matches are fixed ``ddd-dd-dddd`` windows: not after a digit or dash, area not
+    000, 666 or 9xx, group not 00, serial not 0000, and not followed by a digit or by a
+    dash and a digit (all within the value). Two such windows cannot overlap (inside one,
+    every byte is a digit or dash), so every window that qualifies is a match.
+    """
+    n = len(rows)
+    hit = np.zeros(n, dtype=bool)
+    x, offs = _text_buffers(rows)
+    size = len(x)
+    if size < 11:
+        return rows, hit
+    pad = np.concatenate((np.zeros(1, dtype=np.uint8), x, np.zeros(13, dtype=np.uint8)))
+    p = np.flatnonzero(x == 45) - 3  # the first dash is at p + 3
+    p = p[p >= 0]
+    if not p.size:
+        return rows, hit
+    mat = _windows(pad, 14, p + 14)  # pad[p .. p+13] = x[p-1 .. p+12]
+
+    def digit(c: int) -> Any:
+        return (mat[:, c] - 48) < 10
+
+    ok = digit(1) & digit(2) & digit(3) & (mat[:, 4] == 45) & digit(5) & digit(6)
+    ok &= (mat[:, 7] == 45) & digit(8) & digit(9) & digit(10) & digit(11)
+    row = np.searchsorted(offs, p, side="right") - 1
+    row_end = offs[row + 1]
+    ok &= p + 11 <= row_end
+    area, group, serial = mat[:, 1:4], mat[:, 5:7], mat[:, 8:12]
+    ok &= ~((area == 48).all(axis=1) | (area == 54).all(axis=1) | (area[:, 0] == 57))
+    ok &= ~((group == 48).all(axis=1) | (serial == 48).all(axis=1))
+    before = np.where(p > offs[row], mat[:, 0], 0)
+    ok &= ~(((before - 48) < 10) | (before == 45))
+    after = np.where(p + 11 < row_end, mat[:, 12], 0)
+    after2 = np.where(p + 12 < row_end, mat[:, 13], 0)
+    ok &= ~(((after - 48) < 10) | ((after == 45) & ((after2 - 48) < 10)))
+    p = p[ok]
+    if not p.size:
+        return rows, hit
+    hit[row[ok]] = True
+    return _splice(rows, p, p + 11, b"[ssn]"), hit
+
+
+_WHOLE: Final[dict[str, Callable[[Any], tuple[Any, Any]]]] = {"iban": _whole_iban}
+
+
+def _mask_rows(det: _Detector, rows: Any) -> tuple[Any, Any]:
+    """The detector over candidate rows (no nulls): masked rows and a numpy hit mask."""
+    if det.vectorised:
+        return pc.replace_substring_regex(rows, det.candidate, det.token), np.ones(len(rows), dtype=bool)
+    assert det.masker is not None
+    settled = np.zeros(len(rows), dtype=bool)
+    hit = np.zeros(len(rows), dtype=bool)
+    if det.name in _WHOLE:
+        settled, hit = _WHOLE[det.name](rows)
+    out = pc.if_else(pa.array(hit), pa.scalar(det.token, rows.type), rows)
+    todo = np.flatnonzero(~settled)
+    if todo.size:
+        results = [det.masker(v) for v in pc.take(rows, pa.array(todo)).to_pylist()]
+        hit[todo] = [r[1] for r in results]
+        out = pc.replace_with_mask(out, pa.array(~settled), pa.array([r[0] for r in results], type=rows.type))
+    return out, hit
+
+
+_NUMPY: Final[dict[str, Callable[[Any], tuple[Any, Any]]]] = {
+    "card": _mask_cards,
+    "ssn": _mask_ssns,
+}
+
+
+def _put_rows(a: Any, where: Any, values: Any) -> Any:
+    """``a`` with the rows at the sorted positions ``where`` replaced by ``values``."""
+    if len(where) == len(a):
+        return values
+    mask = np.zeros(len(a), dtype=bool)
+    mask[where] = True
+    return pc.replace_with_mask(a, pa.array(mask), values)
+
+
+def _scan_vectorised(a: Any, chosen: list[_Detector]) -> tuple[Any, dict[str, Any]]:
+    n = len(a)
+    names = [d.name for d in chosen]
+    flags = _flag_rows(a, names)
+    union = np.zeros(n, dtype=bool)
+    for f in flags.values():
+        union |= f
+    keep = np.flatnonzero(union)
+    if not keep.size:
+        return a, {}
+    whole = keep.size == n
+    sub = a if whole else pc.take(a, pa.array(keep))
+    sub_flags = {name: f if whole else f[keep] for name, f in flags.items()}
+    hits: dict[str, Any] = {}
+    for i, det in enumerate(chosen):
+        rows = np.flatnonzero(sub_flags[det.name])
+        if not rows.size:
+            continue
+        cur = sub if rows.size == len(sub) else pc.take(sub, pa.array(rows))
+        if det.name in _NUMPY:  # masked in numpy, exactly as its Python masker would
+            masked, hit = _NUMPY[det.name](cur)
+        else:
+            cand = pc.fill_null(pc.match_substring_regex(cur, det.candidate), False)
+            ci = np.flatnonzero(cand.to_numpy(zero_copy_only=False))
+            if not ci.size:
+                continue
+            crow = cur if ci.size == len(cur) else pc.take(cur, pa.array(ci))
+            masked_c, hit_c = _mask_rows(det, crow)
+            hit = np.zeros(len(rows), dtype=bool)
+            hit[ci] = hit_c
+            masked = masked_c if ci.size == len(cur) else _put_rows(cur, ci, masked_c)
+        if not hit.any():
+            continue
+        changed = rows[hit]
+        values = pc.filter(masked, pa.array(hit))
+        sub = _put_rows(sub, changed, values)
+        mark = np.zeros(len(sub), dtype=bool)
+        mark[changed] = True
+        hits[det.name] = mark
+        later = names[i + 1 :]
+        if later:  # a token changes what the later detectors' patterns see
+            refreshed = _flag_rows(values, later)
+            for name in later:
+                sub_flags[name][changed] = refreshed[name]
+    if not hits:
+        return a, {}
+    changed_any = np.zeros(len(sub), dtype=bool)
+    for m in hits.values():
+        changed_any |= m
+    at = np.flatnonzero(changed_any)
+    out = _put_rows(a, keep[at], pc.take(sub, pa.array(at)) if at.size != len(sub) else sub)
+    result = {}
+    for name, m in hits.items():
+        full = np.zeros(n, dtype=bool)
+        full[keep[m]] = True
+        result[name] = pa.array(full)
+    return out, result
 
 
 # --------------------------------------------------------------------------- every rendering
