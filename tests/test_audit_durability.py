@@ -42,7 +42,10 @@ CHILD = textwrap.dedent(
 
     path, journal, mode = sys.argv[1], sys.argv[2] == "1", sys.argv[3]
     if mode == "no-absorb":
-        # Journalled, never absorbed: every confirmed record lives only in the journal.
+        # Journalled, never absorbed: every confirmed record lives only in the journal,
+        # spread over many small segments.
+        import warden.audit.journal
+        warden.audit.journal.SEGMENT_BYTES = 16384
         DuckDBStore._absorb = lambda self, items: threading.Event().wait()
     store = open_store("duckdb://" + path, chain_id="durable", signing_key=SECRET,
                        checkpoint_every=40, journal=journal)
@@ -150,7 +153,7 @@ def test_sigkill_after_journal_before_absorb(tmp_path: Path) -> None:
         con.close()
     assert in_duckdb == 0, "the absorber was disabled: DuckDB itself must hold none of the records"
     segments = Journal(path).segments()
-    assert segments, "the confirmed records must be in the journal"
+    assert len(segments) > 2, "the confirmed records must be in the journal (several segments)"
     with open(segments[-1][1], "ab") as f:  # a frame whose write the kill cut short
         f.write(b"WJ01\xff\x00\x00\x00\x12\x34\x56\x78{half a frame")
     # A read-only open (what `warden audit verify` does) absorbs the journal first.
@@ -194,3 +197,19 @@ def test_failed_journal_write_fails_the_batch_and_recovers(tmp_path: Path, monke
         store.close()
     report = verify(f"duckdb://{path}")
     assert report.ok, [str(i) for i in report.issues]
+
+
+def test_absorbed_segments_are_deleted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("warden.audit.journal.SEGMENT_BYTES", 8192)
+    path = tmp_path / "a.duckdb"
+    with open_store(f"duckdb://{path}", chain_id="c", signing_key=SECRET, checkpoint_every=25, journal=True) as store:
+        for i in range(60):
+            store.append([EventDraft(type="cell.execute", cell_id=f"{i}-{k}") for k in range(1 + i % 4)])
+            if i % 10 == 9:
+                assert store.count() == store.stats.events  # a read: everything absorbed
+                # Only the segment being written and the one before it may remain.
+                assert len(Journal(path).segments()) <= 2
+        assert store.stats.checkpoints > 2
+    assert not Journal(path).segments(), "a clean close leaves no journal"
+    report = verify(f"duckdb://{path}")
+    assert report.ok and report.records == 150, [str(i) for i in report.issues]

@@ -18,10 +18,12 @@ any open replays a journal left behind.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime as dt
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -59,6 +61,18 @@ ABSORB_MAX = 20_000
 #: that needs the records cuts the wait short.
 ABSORB_DELAY = 0.05
 ABSORB_MIN = 2_000
+
+
+# Stores whose absorber runs: stopped at interpreter exit (a daemon thread inside DuckDB
+# while the interpreter finalises aborts the process). What they did not absorb stays
+# in the journal for the next open.
+_ABSORBING: weakref.WeakSet[DuckDBStore] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_absorbers() -> None:
+    for store in list(_ABSORBING):
+        store._stop_absorber(timeout=5.0)
 
 
 class _Absorb:
@@ -399,16 +413,21 @@ class DuckDBStore(AuditStore):
             self._absorb_error = None
         self._absorber = threading.Thread(target=self._absorb_loop, name=f"warden-audit-absorber-{self.chain_id}", daemon=True)
         self._absorber.start()
+        _ABSORBING.add(self)
 
-    def _stop_absorber(self) -> None:
+    def _stop_absorber(self, timeout: float | None = None) -> None:
+        """Stop the absorber once it has absorbed what is queued (or, when DuckDB fails,
+        at once: the journal keeps the rest)."""
         thread = self._absorber
         if thread is None:
             return
         with self._jcond:
             self._absorber_stop = True
             self._jcond.notify_all()
-        thread.join()
-        self._absorber = None
+        thread.join(timeout)
+        if not thread.is_alive():
+            self._absorber = None
+            _ABSORBING.discard(self)
 
     def _drain(self, timeout: float) -> bool:
         """Wait until the absorber has committed everything queued so far."""
@@ -491,6 +510,11 @@ class DuckDBStore(AuditStore):
                 backoff = min(backoff * 2, 2.0)
                 continue
             backoff = 0.05
+            journal = self._journal
+            if journal is not None and items[-1].segment > kept:
+                with contextlib.suppress(OSError):
+                    journal.discard_before(items[-1].segment)  # all older segments are in DuckDB now
+                kept = items[-1].segment
             with self._jcond:
                 for _ in items:
                     self._pending.popleft()
@@ -498,11 +522,6 @@ class DuckDBStore(AuditStore):
                 self._absorbed += len(items)
                 self._absorb_error = None
                 self._jcond.notify_all()
-            journal = self._journal
-            if journal is not None and items[-1].segment > kept:
-                with contextlib.suppress(OSError):
-                    journal.discard_before(items[-1].segment)  # all older segments are in DuckDB now
-                kept = items[-1].segment
 
     def _absorb(self, items: list[_Absorb]) -> None:
         """One DuckDB transaction with the items' records and checkpoints."""

@@ -100,10 +100,10 @@ class Journal:
     opens it for writing; within it, only the writer thread appends and only the
     absorber thread deletes absorbed segments."""
 
-    def __init__(self, store_path: Path, *, segment_bytes: int = SEGMENT_BYTES) -> None:
+    def __init__(self, store_path: Path, *, segment_bytes: int | None = None) -> None:
         self.dir = store_path.parent
         self.prefix = store_path.name + ".journal-"
-        self.segment_bytes = segment_bytes
+        self.segment_bytes = SEGMENT_BYTES if segment_bytes is None else segment_bytes
         self._fd: int | None = None
         self._segment = 0
         self._size = 0
