@@ -592,9 +592,18 @@ def _flag_rows(a: Any, names: Sequence[str]) -> dict[str, Any]:
         card_seps = card and (has[32] or has[45])
         d = _is_digit(y)
         body = slice(_PAD, _PAD + core)
-        def local(ch: int, body: slice = body, y: Any = y) -> Any:
-            # Indices into y of byte ch in the chunk's core (context bytes stay addressable).
-            return np.flatnonzero(y[body] == ch) + _PAD
+        def local(ch: int, body: slice = body, y: Any = y, core: int = core) -> Any:
+            # Indices into y of byte ch in the chunk's core (context bytes stay addressable):
+            # memchr while it is rare, numpy once it is not.
+            needle = bytes((ch,))
+            hits: list[int] = []
+            i = raw.find(needle, _PAD, _PAD + core)
+            while i >= 0:
+                if len(hits) == 64:
+                    return np.flatnonzero(y[body] == ch) + _PAD
+                hits.append(i)
+                i = raw.find(needle, i + 1, _PAD + core)
+            return np.array(hits, dtype=np.int64)
 
         def sh(m: Any, k: int, core: int = core) -> Any:  # m[i + k] for the core's i
             return m[_PAD + k : _PAD + k + core]
@@ -988,12 +997,40 @@ _NUMPY: Final[dict[str, Callable[[Any], tuple[Any, Any]]]] = {
 
 
 def _put_rows(a: Any, where: Any, values: Any) -> Any:
-    """``a`` with the rows at the sorted positions ``where`` replaced by ``values``."""
-    if len(where) == len(a):
+    """``a`` with the rows at the sorted positions ``where`` replaced by ``values`` (no
+    nulls among them)."""
+    k = len(where)
+    if k == len(a):
         return values
-    mask = np.zeros(len(a), dtype=bool)
-    mask[where] = True
-    return pc.replace_with_mask(a, pa.array(mask), values)
+    if k > 4096 or k * 64 > len(a):
+        mask = np.zeros(len(a), dtype=bool)
+        mask[where] = True
+        return pc.replace_with_mask(a, pa.array(mask), values)
+    # A few rows of a large column: copy the untouched stretches between them as they are.
+    x, offs = _text_buffers(a)
+    vx, voffs = _text_buffers(values)
+    lengths = np.diff(offs)
+    lengths[where] = np.diff(voffs)
+    new_offs = np.zeros(len(a) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=new_offs[1:])
+    large = pa.types.is_large_string(a.type)
+    if not large and new_offs[-1] >= 2**31:
+        mask = np.zeros(len(a), dtype=bool)
+        mask[where] = True
+        return pc.replace_with_mask(a, pa.array(mask), values)
+    pieces = []
+    prev = 0
+    for i, (start, end) in enumerate(zip(offs[where].tolist(), offs[where + 1].tolist(), strict=True)):
+        pieces.append(x[prev:start])
+        pieces.append(vx[voffs[i] : voffs[i + 1]])
+        prev = end
+    pieces.append(x[prev:])
+    data = np.concatenate(pieces)
+    validity = pa.array(_valid(a)).buffers()[1] if a.null_count else None
+    offsets = new_offs.astype(np.int64 if large else np.int32)
+    return pa.Array.from_buffers(
+        a.type, len(a), [validity, pa.py_buffer(offsets), pa.py_buffer(data)], a.null_count
+    )
 
 
 def _scan_vectorised(a: Any, chosen: list[_Detector]) -> tuple[Any, dict[str, Any]]:
