@@ -154,7 +154,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--queries", type=int, default=400)
     ap.add_argument("--distinct", action="store_true", help="a new statement shape every query (cold analysis cache)")
-    ap.add_argument("--py-spy", metavar="FILE", help="also sample the gateway with py-spy (if installed) into FILE (collapsed stacks)")
+    ap.add_argument("--py-spy", metavar="FILE", help="also sample the gateway's GIL holder with py-spy (if installed) into FILE (collapsed stacks)")
     args = ap.parse_args()
 
     with PostgresServer() as pg, OIDCIssuer(audience="warden") as issuer, tempfile.TemporaryDirectory() as tmp:
@@ -203,7 +203,7 @@ def main() -> None:
                 spy = None
                 if args.py_spy:
                     spy = subprocess.Popen(["py-spy", "record", "--pid", str(proc.pid), "--format", "raw", "--rate", "1000",
-                                            "--output", args.py_spy, "--threads", "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                            "--output", args.py_spy, "--threads", "--gil"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 cpu0 = _cpu_seconds(proc.pid)
                 for i in range(args.queries):
                     one(10_000 + i)

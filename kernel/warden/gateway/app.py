@@ -10,13 +10,14 @@ import asyncio
 import contextlib
 import json
 import threading
-from collections.abc import AsyncIterator, Callable, Generator, Iterator
-from typing import Any
+from collections.abc import Callable, Generator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from warden import __version__
@@ -69,7 +70,7 @@ def create_app(gateway: Gateway, authenticate: Authenticate, *, audit_reader: An
                 if found is not None:
                     return found
         try:
-            return await run_in_threadpool(authenticate, header)
+            return await in_thread(authenticate, header)
         except WardenError as exc:
             code = getattr(exc, "code", "unauthorized")
             failures.note(request.client.host if request.client else "", str(code), str(exc))
@@ -130,10 +131,11 @@ def create_app(gateway: Gateway, authenticate: Authenticate, *, audit_reader: An
             first = next(outcome.frames, b"") if outcome.frames is not None else b""
             return outcome, first
 
-        outcome, first = await run_in_threadpool(start)
+        outcome, first = await in_thread(start)
         if outcome.frames is None:
             return JSONResponse(outcome.body, status_code=outcome.http_status)
-        return StreamingResponse(_overlapped(first, outcome.frames), media_type=CONTENT_TYPE)
+        qid = str((outcome.body or {}).get("query_id", ""))
+        return CellResponse(first, outcome.frames, on_gone=(lambda: gateway.cancel_here(qid, who.subject, admin=True)) if qid else None)
 
     async def cancel(request: Request) -> Response:
         who = await identity_of(request)
@@ -405,10 +407,14 @@ def _iterate(first: bytes, frames: Iterator[Any]) -> Generator[Any, None, None]:
     finally:
         close = getattr(frames, "close", None)
         if close is not None:
-            close()  # in this thread: the statement sees GeneratorExit, is cancelled, audited
+            # In this thread: the statement sees GeneratorExit, is cancelled and audited
+            # (its last frame, the trailer, has nowhere to go: RuntimeError).
+            with contextlib.suppress(RuntimeError):
+                close()
 
 
 _END = object()
+T = TypeVar("T")
 
 
 def _take_two(chunks: Iterator[Any]) -> list[Any]:
@@ -421,62 +427,107 @@ def _take_two(chunks: Iterator[Any]) -> list[Any]:
     return out
 
 
-async def _overlapped(first: bytes, frames: Iterator[Any]) -> AsyncIterator[Any]:
-    """The response body.
+_REQUEST_THREADS = ThreadPoolExecutor(max_workers=64, thread_name_prefix="warden-request")
 
-    A small result costs one thread hop: its frames come back together. A larger one is
-    produced by a thread of its own while the event loop sends: fetching, masking and
-    framing the next chunk overlap sending this one, up to ``_AHEAD`` chunks ahead (then
-    the producer waits, so a slow client holds back the database, not the gateway's
-    memory). When the client goes away the producer closes the frames in its own
-    thread, so the statement is cancelled and its completion recorded as before."""
-    chunks = _iterate(first, frames)
-    yield next(chunks)  # the first frame, ready: no hop
-    started = False
-    gone = threading.Event()
-    try:
-        head = await run_in_threadpool(_take_two, chunks)
-        for item in head:
-            if item is _END:
-                return
-            yield item
+
+async def in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in the request threads: a plain executor hop, lighter than anyio's
+    (no capacity limiter, task group or context copy) on the per-query path."""
+    return await asyncio.get_running_loop().run_in_executor(_REQUEST_THREADS, fn, *args)
+
+
+class CellResponse(Response):
+    """The framed result of a cell, sent as it is produced.
+
+    The first frame (the decision, with the query id a client needs to cancel) goes at
+    once. A small result then costs one thread hop: its remaining frames come back
+    together and go in one write, with no disconnect listener. A larger one is produced
+    by a thread of its own while the event loop sends: fetching, masking and framing
+    the next chunk overlap sending this one, up to ``_AHEAD`` chunks ahead (then the
+    producer waits, so a slow client holds back the database, not the gateway's
+    memory). When the client goes away (``http.disconnect``) the producer closes the
+    frames in its own thread, so the statement is cancelled and its completion
+    recorded as before."""
+
+    media_type = CONTENT_TYPE
+
+    def __init__(self, first: bytes, frames: Iterator[Any], on_gone: Callable[[], Any] | None = None) -> None:
+        # No Response.__init__: it would set a Content-Length for an empty body.
+        self.status_code, self.background = 200, None
+        self.init_headers(None)
+        self._chunks = _iterate(first, frames)
+        self._on_gone = on_gone  # cancels the running statement (the client went away)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        chunks = self._chunks
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
-        slots = threading.Semaphore(_AHEAD)
+        gone = threading.Event()
+        done = False  # the frames generator ran to its end (or was closed) here
 
-        def put(item: Any) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
+        async def listen() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+            queue.put_nowait(_GONE)
+            if self._on_gone is not None:
+                loop.run_in_executor(_REQUEST_THREADS, self._on_gone)
 
-        def produce() -> None:
-            try:
-                for chunk in chunks:
-                    while not slots.acquire(timeout=0.25):
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        await send({"type": "http.response.body", "body": next(chunks), "more_body": True})
+        listener = asyncio.create_task(listen())
+        try:
+            head = await in_thread(_take_two, chunks)
+            if head[-1] is _END:
+                done = True
+                await send({"type": "http.response.body", "body": b"".join(head[:-1]), "more_body": False})
+                return
+            for item in head:
+                await send({"type": "http.response.body", "body": item, "more_body": True})
+            slots = threading.Semaphore(_AHEAD)
+
+            def put(item: Any) -> None:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+
+            def produce() -> None:
+                try:
+                    for chunk in chunks:
+                        while not slots.acquire(timeout=0.25):
+                            if gone.is_set():
+                                return
                         if gone.is_set():
                             return
-                    if gone.is_set():
-                        return
-                    put(chunk)
-                put(_END)
-            except BaseException as exc:  # handed to the response, which ends the stream
-                put(exc)
-            finally:
-                chunks.close()
+                        put(chunk)
+                    put(_END)
+                except BaseException as exc:  # handed to the response, which ends the stream
+                    put(exc)
+                finally:
+                    chunks.close()
 
-        threading.Thread(target=produce, name="warden-stream", daemon=True).start()
-        started = True
-        while True:
-            item = await queue.get()
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            slots.release()
-            yield item
-    finally:
-        gone.set()
-        if not started:
-            with contextlib.suppress(ValueError):  # still running in the threadpool: it ends there
-                threading.Thread(target=chunks.close, daemon=True).start()
+            threading.Thread(target=produce, name="warden-stream", daemon=True).start()
+            done = True  # the producer owns the frames now, and closes them
+            while True:
+                item = await queue.get()
+                if item is _END:
+                    break
+                if item is _GONE:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                slots.release()
+                await send({"type": "http.response.body", "body": item, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            gone.set()
+            listener.cancel()
+            if not done:
+                # Not produced to the end here (the client went away, or a send failed):
+                # close the frames in a thread, so the statement ends and is audited.
+                with contextlib.suppress(ValueError):
+                    threading.Thread(target=chunks.close, daemon=True).start()
+
+
+_GONE = object()
 
 
 def _cell_request(data: dict[str, Any]) -> CellRequest:

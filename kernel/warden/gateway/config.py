@@ -39,7 +39,7 @@ SETTINGS: dict[str, tuple[str, ...]] = {
         "jwks_cache_seconds", "leeway_seconds", "local_groups", "local_attributes",
         "failure_window_seconds", "hub_api_url", "hub_service_name", "hub_token_env", "hub_cache_seconds",
     ),
-    "audit": ("store", "store_env", "checkpoint_every", "checkpoint_seconds", "checkpoint_file"),
+    "audit": ("store", "store_env", "checkpoint_every", "checkpoint_seconds", "checkpoint_file", "journal"),
     "approvals": ("store", "store_env", "ttl_seconds", "uses", "webhook", "max_wait_seconds"),
     "limits": ("statement_timeout_ms", "max_rows", "max_bytes", "events_per_minute", "event_bytes_per_minute"),
 }  # fmt: skip
@@ -99,6 +99,7 @@ class GatewayConfig:
     # replica with its own chain, so more than one needs the PostgreSQL store.
     workers: int = 1
     worker_index: int = 0  # set by the supervisor in worker K's process (0: not a worker)
+    audit_journal: bool = True  # DuckDB store: intents made durable in an fsynced journal
 
     def secret(self) -> bytes:
         """The gateway secret (32 random bytes), created with mode 0600 if missing."""
@@ -219,6 +220,7 @@ def config_from_mapping(data: dict[str, Any], *, base: Path, path: Path | None =
         checkpoint_every=int(audit.get("checkpoint_every", 1000)),
         checkpoint_seconds=float(audit.get("checkpoint_seconds", 60)),
         checkpoint_file=_checkpoint_file(audit, base, state_dir, mode),
+        audit_journal=_flag(audit.get("journal", True), "audit.journal"),
         approvals_store=approvals_store,
         approval_ttl_seconds=int(approvals.get("ttl_seconds", 3600)),
         approval_uses=int(approvals.get("uses", 1)),
@@ -273,6 +275,12 @@ def secret_file_of(path: str | Path) -> Path:
     p = Path(path)
     data = _read_mapping(p)
     return _secret_path(data, p.resolve().parent)
+
+
+def _flag(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false (got {value!r})")
+    return value
 
 
 def _positive(value: Any, name: str) -> float:
