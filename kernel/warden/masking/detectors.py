@@ -877,8 +877,8 @@ def _mask_cards(a: Any) -> tuple[Any, Any]:
     starts, ends = gs[wi[chosen]], ge[wj[chosen]]
     rows = np.searchsorted(offs, starts, side="right") - 1
     hit[rows] = True
-    whole = (starts == offs[rows]) & (ends == offs[rows + 1])
-    if whole.all():  # a card column: every masked value is one card and nothing else
+    # A span is inside its value: it is the whole value when both its ends are value ends.
+    if row_start[starts].all() and row_start[ends].all():  # a card column: every masked value is one card and nothing else
         return pc.if_else(pa.array(hit), pa.scalar("[card]", a.type), a), hit
     return _splice(a, starts, ends, b"[card]"), hit
 
