@@ -234,6 +234,15 @@ def test_edge_cases(text: str, rows: int) -> None:
 
 
 @pytest.mark.parametrize("known", KNOWN)
+def test_whole_values(known: str) -> None:
+    """A column of nothing but the value (the numpy whole-value paths: card, IBAN, SSN)."""
+    values = [known, known.replace(" ", ""), None, known.lower(), known + " ", " " + known]
+    for large in (False, True):
+        _assert_same(_array(values * 60, large, 1, 0), None)
+        _assert_same(_array([known], large, 0, 0), None)
+
+
+@pytest.mark.parametrize("known", KNOWN)
 def test_in_long_text(known: str) -> None:
     """Inside long prose (few digits per byte: the row flags take their sparse path)."""
     filler = "the order shipped on time and the customer asked for a refund " * 8
