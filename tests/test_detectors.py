@@ -238,3 +238,25 @@ def test_validators() -> None:
     assert iban_ok("GB82WEST12345698765432") and not iban_ok("GB82WEST12345698765433")
     assert not iban_ok("GB82WEST1234569876543")
     assert DETECTORS == ("secret", "email", "iban", "card", "ssn", "phone")
+
+
+# A result's size must not change what the second net masks: one row is checked by a
+# Python pre-check, hundreds by the numpy/RE2 path. Both must agree on every shape the
+# detectors mask (and each masked value must be gone from the output).
+SIZE_INDEPENDENT = [
+    # (value, the part that must be gone, token)
+    ("+1 (234) 567 89", "(234) 567 89", "[phone]"),  # "+", one digit, "(": the phone candidate must see it
+    ("call +44 (20) 7946 0958 today", "7946 0958", "[phone]"),
+    ("éAKIAIOSFODNN7EXAMPLE", "AKIAIOSFODNN7EXAMPLE", "[secret]"),  # RE2's \b is ASCII: "é" is a boundary
+    ("ünïcödéghp_" + "a" * 36, "ghp_" + "a" * 36, "[secret]"),
+    ("ßsk_live_" + "b" * 24, "sk_live_" + "b" * 24, "[secret]"),
+]
+
+
+@pytest.mark.parametrize(("value", "raw", "token"), SIZE_INDEPENDENT)
+@pytest.mark.parametrize("rows", [1, 3, 300])
+def test_what_is_masked_does_not_depend_on_the_result_size(value: str, raw: str, token: str, rows: int) -> None:
+    table, findings = scan_and_mask(pa.table({"c": [value] * rows}))
+    out = table.column("c").to_pylist()
+    assert all(token in v and raw not in v for v in out), out[:2]
+    assert sum(f.rows for f in findings) == rows

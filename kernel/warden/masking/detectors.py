@@ -337,7 +337,8 @@ _DETECTORS: Final[dict[str, _Detector]] = {
     ),
     "phone": _Detector(
         "phone",
-        r"\+[1-9]\d|\d{3}[ .-]\d{3}[ .-]\d{4}|\(\d{3}\) ?\d{3}[ .-]\d{4}",
+        # "+" and a digit: the international branch may put "(" or a separator next.
+        r"\+[1-9]|\d{3}[ .-]\d{3}[ .-]\d{4}|\(\d{3}\) ?\d{3}[ .-]\d{4}",
         vectorised=False,
         masker=_sub_masker(_PHONE_RUN, "[phone]", _phone_accept),
     ),
@@ -480,7 +481,9 @@ _SMALL: Final = 256
 @functools.lru_cache(maxsize=32)
 def _compiled(pattern: str) -> re.Pattern[str] | None:
     try:
-        return re.compile(pattern)
+        # ASCII: \b, \w and \d as RE2 reads them (a Unicode \b would see no boundary
+        # between "é" and "AKIA…", and a small result would miss what a large one masks).
+        return re.compile(pattern, re.ASCII)
     except re.error:
         return None  # an RE2-only construct: let Arrow decide
 
@@ -639,9 +642,9 @@ def _flag_rows(a: Any, names: Sequence[str]) -> dict[str, Any]:
             keep = (second == 75) | (second == 83) | (second == 73) | (second == 82)
             keep |= (second == 71) | (second == 78)
             found["secret"].append(p[keep] + base)
-        if phone and has[43]:  # \+[1-9]\d
+        if phone and has[43]:  # \+[1-9]
             p = local(43)
-            keep = ((y[p + 1] - 49) < 9) & d[p + 2]
+            keep = (y[p + 1] - 49) < 9
             found["phone"].append(p[keep] + base)
         if phone and has[40]:  # \(\d{3}\)
             p = local(40)
