@@ -102,9 +102,12 @@ def _install_timers() -> None:
     state_mod.TaintStore.current = _timed("  taints (state DB)", state_mod.TaintStore.current)
     state_mod.TaintStore.epoch = _timed("  catalog epoch (state DB)", state_mod.TaintStore.epoch)
     service_mod.analyze_cell = _timed("  analysis (parse/lineage, cached)", service_mod.analyze_cell)
-    import warden.policy.decision_cache as dc_mod
+    try:
+        import warden.policy.decision_cache as dc_mod
 
-    dc_mod.DecisionCache.decide = _timed("  decision (policy, cached by shape)", dc_mod.DecisionCache.decide)
+        dc_mod.DecisionCache.decide = _timed("  decision (policy, cached by shape)", dc_mod.DecisionCache.decide)
+    except ImportError:  # an older warden (profiling it for comparison): no decision cache
+        service_mod.decide = _timed("  decision (policy)", service_mod.decide)
     service_mod.check_result_shape = _timed("  result shape check", service_mod.check_result_shape)
 
     def audit_phase(self: Any, events: list[dict[str, Any]]) -> str:

@@ -270,3 +270,24 @@ def test_read_only_limits_hold_in_the_database(pg_dsn: str) -> None:
         ex.close()
     with psycopg.connect(pg_dsn) as con:
         assert con.execute("SELECT count(*) FROM t").fetchone() == (2,)
+
+
+def test_frame_views_read_frames_cut_anywhere() -> None:
+    """The client's frame reader gives the same frames however the body is chunked, and
+    a stream cut off inside a header or a payload is an EOFError, never a short frame."""
+    import random
+
+    from warden.gateway.frames import frame, frame_views
+
+    body = frame(b"C", b'{"a":1}') + frame(b"A", bytes(range(256)) * 300) + frame(b"E", b"") + frame(b"T", b"{}")
+    want = [(b"C", b'{"a":1}'), (b"A", bytes(range(256)) * 300), (b"E", b""), (b"T", b"{}")]
+    rng = random.Random(7)
+    for _ in range(50):
+        cuts = sorted(rng.sample(range(1, len(body)), rng.randint(0, 40)))
+        chunks = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True)]
+        chunks.insert(rng.randint(0, len(chunks)), b"")  # an empty chunk changes nothing
+        assert [(k, b"".join(p)) for k, p in frame_views(chunks)] == want
+    for end in (3, 7, 20, len(body) - 1):  # inside a header, a payload, the last frame
+        with pytest.raises(EOFError):
+            list(frame_views([body[:end]]))
+    assert list(frame_views([])) == []

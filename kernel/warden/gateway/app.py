@@ -391,11 +391,9 @@ def _iterate(first: bytes, frames: Iterator[Any]) -> Generator[Any, None, None]:
             n = piece.nbytes if isinstance(piece, memoryview) else len(piece)
             if n >= _DIRECT:
                 if pending:
-                    pending.append(piece)
-                    yield b"".join(pending)  # the header and whatever small came before
+                    yield b"".join(pending)  # its header and whatever small came before
                     pending, size = [], 0
-                else:
-                    yield piece
+                yield piece  # as is: joining would copy it
                 continue
             pending.append(piece)
             size += n

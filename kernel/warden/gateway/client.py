@@ -21,7 +21,7 @@ import httpx
 import pyarrow as pa
 
 from warden.errors import WardenError
-from warden.gateway.frames import chunk_stream, read_frames
+from warden.gateway.frames import frame_views
 
 
 class GatewayError(WardenError):
@@ -188,27 +188,28 @@ class GatewayClient:
 def _read_cell(chunks: Iterator[bytes]) -> CellResult:
     import json
 
-    stream = chunk_stream(chunks)
     header: dict[str, Any] = {}
     trailer: dict[str, Any] = {}
     statements: list[StatementResult] = []
     current: StatementResult | None = None
-    ipc: list[bytes] = []  # the statement's A payloads, joined once at its end
+    ipc: list[memoryview] = []  # the statement's A payloads (views), joined once at its end
     try:
-        for kind, payload in read_frames(stream):
+        for kind, pieces in frame_views(chunks):
+            if kind == b"A":
+                ipc.extend(pieces)
+                continue
+            payload = b"".join(pieces)
             if kind == b"C":
                 header = json.loads(payload)
             elif kind == b"S":
                 meta = json.loads(payload)
                 current = StatementResult(meta["index"], meta["kind"], None, meta.get("masks", []))
                 ipc = []
-            elif kind == b"A":
-                ipc.append(payload)
             elif kind == b"E":
                 end = json.loads(payload)
                 if current is not None:
                     if ipc:
-                        current.table = pa.ipc.open_stream(ipc[0] if len(ipc) == 1 else b"".join(ipc)).read_all()
+                        current.table = pa.ipc.open_stream(b"".join(ipc)).read_all()
                     current.rows, current.truncated = end["rows"], end["truncated"]
                     current.rowcount = end.get("rowcount", -1)
                     current.detectors = list(end.get("detectors", []) or [])

@@ -19,7 +19,7 @@ from __future__ import annotations
 import io
 import json
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, BinaryIO, Final
 
 import pyarrow as pa
@@ -106,6 +106,43 @@ def _has_dictionary(schema: pa.Schema) -> bool:
         return any(walk(t.field(i).type) for i in range(t.num_fields)) if t.num_fields else False
 
     return any(walk(f.type) for f in schema)
+
+
+def frame_views(chunks: Iterable[bytes]) -> Iterator[tuple[bytes, list[memoryview]]]:
+    """Yield (kind, payload pieces) from the chunks of a frame stream (an HTTP body).
+
+    The pieces are views into the chunks: a client joins them once where it needs one
+    buffer (a statement's whole Arrow stream) instead of copying every payload out of a
+    buffered reader first. Raises EOFError on a cut-off stream."""
+    source = iter(chunks)
+    current = memoryview(b"")
+
+    def take(n: int, *, allow_eof: bool = False) -> list[memoryview] | None:
+        nonlocal current
+        out: list[memoryview] = []
+        while n:
+            if not current:
+                nxt = next(source, None)
+                if nxt is None:
+                    if allow_eof and not out:
+                        return None
+                    raise EOFError("the gateway's result stream ended early (gateway gone mid-query?)")
+                current = memoryview(nxt).cast("B")
+                continue
+            piece = current[:n]
+            out.append(piece)
+            current = current[len(piece) :]
+            n -= len(piece)
+        return out
+
+    while True:
+        head = take(_HEADER.size, allow_eof=True)
+        if head is None:
+            return
+        kind, size = _HEADER.unpack(b"".join(head))
+        pieces = take(size)
+        assert pieces is not None
+        yield kind, pieces
 
 
 def read_frames(stream: BinaryIO) -> Iterator[tuple[bytes, bytes]]:

@@ -35,7 +35,7 @@ from warden.gateway.client import (
     cell_body,
     raise_for_response,
 )
-from warden.gateway.frames import chunk_stream, read_frames
+from warden.gateway.frames import frame_views
 from warden.kernel.tokens import Endpoint, TokenSource
 
 
@@ -276,19 +276,20 @@ class CellStream:
             ) from None
 
     def _read(self, chunks: Iterator[bytes]) -> CellResult:
-        stream = chunk_stream(chunks)
         statements: list[StatementResult] = []
         current: StatementResult | None = None
         current_meta: dict[str, Any] = {}
-        parts: list[bytes] = []
+        parts: list[memoryview] = []  # the statement's Arrow stream (views), joined once at its end
         failure: QueryFailed | None = None
         try:
-            for kind, payload in read_frames(stream):
+            for kind, pieces in frame_views(chunks):
                 if kind == b"A":
-                    parts.append(payload)
-                    self.received += len(payload)
+                    parts.extend(pieces)
+                    self.received += sum(p.nbytes for p in pieces)
                     self.state = "fetching"
-                elif kind == b"C":
+                    continue
+                payload = b"".join(pieces)
+                if kind == b"C":
                     self.header = json.loads(payload)
                     if self.cancelled and self.query_id:  # interrupted before the gateway named the query
                         with contextlib.suppress(GatewayError):
@@ -302,8 +303,7 @@ class CellStream:
                     end = json.loads(payload)
                     if current is not None:
                         if parts:
-                            data = parts[0] if len(parts) == 1 else b"".join(parts)
-                            current.table = pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+                            current.table = pa.ipc.open_stream(pa.py_buffer(b"".join(parts))).read_all()
                         current.rows, current.truncated = end.get("rows", 0), bool(end.get("truncated"))
                         current.rowcount = end.get("rowcount", -1)
                         current.detectors = list(end.get("detectors", []) or [])
