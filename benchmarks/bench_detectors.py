@@ -16,30 +16,16 @@ from __future__ import annotations
 import argparse
 import hashlib
 import random
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "kernel"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_masking import make_cards, make_emails, make_text
+from bench_masking import make_cards, make_emails, make_text, median_time
 from warden.masking.detectors import _chosen_detectors, _reference_scan_values, _scan_values
-
-
-def median_time(fn: Callable[[], Any], runs: int) -> float:
-    fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:

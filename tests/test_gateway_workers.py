@@ -68,12 +68,18 @@ def _worker_pids(log: Path, deadline: float) -> dict[int, int]:
     raise AssertionError(f"workers did not start:\n{log.read_text()[-2000:]}")
 
 
-def test_workers_under_load_with_one_killed(issuer: OIDCIssuer, postgres: PostgresServer, tmp_path: Path) -> None:
-    data = postgres.create_database(prefix="wkdata")
+def _two_workers(postgres: PostgresServer, issuer: OIDCIssuer, tmp_path: Path, prefix: str) -> tuple[GatewayProcess, str]:
+    """A started gateway with WORKERS workers on seeded data, and its audit store's DSN."""
+    data = postgres.create_database(prefix=f"{prefix}data")
     seed_postgres(data)
-    store = postgres.create_database(prefix="wkstore")
+    store = postgres.create_database(prefix=f"{prefix}store")
     gw = GatewayProcess(tmp_path, {**os.environ, "WARDEN_TEST_PG_DSN": data, "WARDEN_AUDIT_DSN": store}, _config(tmp_path, issuer))
     gw.start(timeout=60)
+    return gw, store
+
+
+def test_workers_under_load_with_one_killed(issuer: OIDCIssuer, postgres: PostgresServer, tmp_path: Path) -> None:
+    gw, store = _two_workers(postgres, issuer, tmp_path, "wk")
     token = issuer.issue(sub="ana", groups=["analysts"], region="emea")
     pids = _worker_pids(gw.log, time.monotonic() + 30)
     assert len(set(pids.values())) == WORKERS
@@ -202,11 +208,7 @@ def test_workers_need_the_postgres_store(tmp_path: Path, issuer: OIDCIssuer) -> 
 def test_a_cancel_reaching_another_worker_is_passed_on(issuer: OIDCIssuer, postgres: PostgresServer, tmp_path: Path) -> None:
     from warden.gateway.frames import chunk_stream, read_frames
 
-    data = postgres.create_database(prefix="wkcancel")
-    seed_postgres(data)
-    store = postgres.create_database(prefix="wkcstore")
-    gw = GatewayProcess(tmp_path, {**os.environ, "WARDEN_TEST_PG_DSN": data, "WARDEN_AUDIT_DSN": store}, _config(tmp_path, issuer))
-    gw.start(timeout=60)
+    gw, store = _two_workers(postgres, issuer, tmp_path, "wkc")
     auth = {"authorization": f"Bearer {issuer.issue(sub='ana', groups=['analysts'], region='emea')}"}
     slow = "SELECT count(*) AS n FROM big a CROSS JOIN big b WHERE a.id + b.id > 3"
     try:
