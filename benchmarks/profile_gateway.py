@@ -130,7 +130,10 @@ def _install_timers() -> None:
     out = os.environ["WARDEN_PROFILE_OUT"]
 
     def dump() -> None:
-        Path(out).write_text(json.dumps({"totals": _totals, "counts": _counts}))
+        from warden.sql.analyze import CACHE
+
+        cache = {"analysis cache hits": CACHE.hits, "analysis cache misses": CACHE.misses}
+        Path(out).write_text(json.dumps({"totals": _totals, "counts": _counts, "cache": cache}))
 
     atexit.register(dump)
 
@@ -243,6 +246,7 @@ def main() -> None:
         print(f"{'client latency, mean':<46} {mean_latency:>9.3f}")
         print(f"{'client latency, p50 / p99':<46} {statistics.median(latencies) * 1000:>9.3f} / {sorted(latencies)[int(len(latencies) * 0.99)] * 1000:.3f}")
         print(f"{'gateway CPU (user+sys) per query':<46} {cpu / args.queries * 1000:>9.3f}")
+        print("  ".join(f"{k}: {v}" for k, v in data.get("cache", {}).items()))
         print("\nphases indented under run_cell/stream are parts of them; the writer thread's work overlaps the commits")
 
 

@@ -288,6 +288,9 @@ class PostgresExecutor(Executor):
         # no round trip. Short-lived, like the catalog the analysis used.
         self._origins: OrderedDict[str, tuple[float, list[tuple[str, str, str] | None]]] = OrderedDict()
         self._origins_lock = threading.Lock()
+        # Table OID -> its columns' (schema, table, column), for the row descriptions of new
+        # statements; as short-lived as the descriptions (a rename within it only denies).
+        self._relations: dict[int, tuple[float, dict[tuple[int, int], tuple[str, str, str]]]] = {}
 
     def _adbc_get(self) -> Any:
         import adbc_driver_postgresql.dbapi as adbc
@@ -576,6 +579,21 @@ class PostgresExecutor(Executor):
         plan = row[0][0]["Plan"] if isinstance(row[0], list) else None
         return int(plan.get("Plan Rows", 0)) if isinstance(plan, dict) else None
 
+    def _relation_names_seen(self, now: float) -> set[int]:
+        with self._origins_lock:
+            return {oid for oid, (at, _) in self._relations.items() if now - at < _ORIGINS_TTL}
+
+    def _known_columns(self, oids: Sequence[int], now: float) -> dict[tuple[int, int], tuple[str, str, str]]:
+        out: dict[tuple[int, int], tuple[str, str, str]] = {}
+        with self._origins_lock:
+            for oid in oids:
+                hit = self._relations.get(oid)
+                if hit is not None and now - hit[0] < _ORIGINS_TTL:
+                    out.update(hit[1])
+            if len(self._relations) > _ORIGINS_MAX:
+                self._relations.clear()
+        return out
+
     def describe_origins(
         self, sql: str, *, timeout_ms: int = 0, key: str = "", session: Session = Session()
     ) -> list[tuple[str, str, str] | None] | None:
@@ -604,10 +622,12 @@ class PostgresExecutor(Executor):
                     # Parsing takes table locks: bounded like the statement itself (or 10 s),
                     # in a transaction of its own so the settings end with it.
                     bound = str(int(timeout_ms) or 10000)
-                    conn.execute("SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true)", (bound, bound))
+                    setup, args = "SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true)", [bound, bound]
                     local = session.pg_sql(local=True)
-                    if local is not None:
-                        conn.execute(local[0], local[1])
+                    if local is not None:  # one round trip for the limits and the session
+                        setup += ", " + local[0].removeprefix("SELECT ")
+                        args += local[1]
+                    conn.execute(setup, args)
                     pg = conn.pgconn
                     if pg.prepare(b"", sql.encode(), None).status != psycopg.pq.ExecStatus.COMMAND_OK:
                         return None
@@ -616,16 +636,21 @@ class PostgresExecutor(Executor):
                         return None
                     cols = [(int(desc.ftable(i)), int(desc.ftablecol(i))) for i in range(desc.nfields)]
                     oids = sorted({t for t, _ in cols if t})
-                    names: dict[tuple[int, int], tuple[str, str, str]] = {}
-                    if oids:
+                    names = self._known_columns(oids, now)
+                    missing = [o for o in oids if o not in self._relation_names_seen(now)]
+                    if missing:
                         rows = conn.execute(
                             "SELECT c.oid::int, n.nspname::text, c.relname::text, a.attnum::int, a.attname::text "
                             "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
                             "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
                             "WHERE c.oid = ANY(%s) AND c.relkind IN ('r', 'p', 'f')",  # views, matviews: lineage goes through them
-                            (oids,),
+                            (missing,),
                         ).fetchall()
-                        names = {(oid, num): (schema, rel, att) for oid, schema, rel, num, att in rows}
+                        fresh = {(oid, num): (schema, rel, att) for oid, schema, rel, num, att in rows}
+                        names.update(fresh)
+                        with self._origins_lock:
+                            for oid in missing:  # views and the like too: known to have no plain columns
+                                self._relations[oid] = (now, {k: v for k, v in fresh.items() if k[0] == oid})
                 finally:
                     conn.rollback()
         except psycopg.Error:

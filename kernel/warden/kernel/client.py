@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -166,6 +167,42 @@ def _error_code(resp: httpx.Response) -> str:
     return str(code)
 
 
+class _Reader:
+    """One daemon thread that reads the cells' result streams, one after another:
+    starting a thread for every cell costs more than a small query's whole read. A
+    stream that arrives while it is busy (a cell started from another thread) gets a
+    daemon thread of its own, as before."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._busy = False
+        self._thread: threading.Thread | None = None
+
+    def submit(self, job: Callable[[], None]) -> None:
+        with self._lock:
+            if self._busy:
+                threading.Thread(target=job, name="warden-cell", daemon=True).start()
+                return
+            self._busy = True
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="warden-cell", daemon=True)
+                self._thread.start()
+        self._jobs.put(job)
+
+    def _loop(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                job()
+            finally:
+                with self._lock:
+                    self._busy = False
+
+
+_READER = _Reader()
+
+
 class CellStream:
     """One ``POST /v1/cells`` read by a background thread.
 
@@ -190,7 +227,6 @@ class CellStream:
         self._result: CellResult | None = None
         self._error: BaseException | None = None
         self._response: httpx.Response | None = None
-        self._thread = threading.Thread(target=self._run, name="warden-cell", daemon=True)
 
     @property
     def query_id(self) -> str | None:
@@ -202,13 +238,13 @@ class CellStream:
         return time.monotonic() - self.started
 
     def start(self) -> None:
-        self._thread.start()
+        _READER.submit(self._run)
 
     def wait(self, timeout: float | None = None) -> bool:
         return self._done.wait(timeout)
 
     def join(self, timeout: float) -> None:
-        self._thread.join(timeout)
+        self._done.wait(timeout)  # the reader sets it last, whatever happened
 
     def result(self) -> CellResult:
         self._done.wait()
