@@ -327,3 +327,51 @@ def test_graceful_shutdown_then_verify(gateway: GatewayProcess, tmp_path: Path) 
 
     report = verify(f"duckdb://{gateway.workdir / 'state' / 'audit.duckdb'}")
     assert report.ok, report
+
+
+def test_a_client_that_goes_away_mid_query_cancels_it_in_the_database(gateway: GatewayProcess, issuer: OIDCIssuer) -> None:
+    """The kernel died (or the notebook closed) while its query ran: the gateway notices the
+    closed connection, cancels the statement in PostgreSQL (not at its timeout) and audits
+    the query as cancelled."""
+    import socket
+    from urllib.parse import urlsplit
+
+    import psycopg
+
+    dsn = gateway.env["WARDEN_TEST_PG_DSN"]
+    marker = f"a.id + b.id > {int(time.time() * 1000) % 100000 + 7}"  # this run's statement, no other
+    slow = f"SELECT count(*) AS n FROM big a CROSS JOIN big b WHERE {marker}"
+    body = json.dumps({"connection": "pg", "sql": slow}).encode()
+    token = issuer.issue(sub="gone-user", groups=["analysts"], region="emea")
+    url = urlsplit(gateway.url)
+    sock = socket.create_connection((url.hostname, url.port), timeout=30)
+    sock.sendall(b"POST /v1/cells HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+                 + f"Authorization: Bearer {token}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)  # fmt: skip
+    first = sock.recv(65536)
+    assert b" 200 " in first.split(b"\r\n", 1)[0], first[:200]
+
+    def active() -> int:
+        with psycopg.connect(dsn, autocommit=True) as con:
+            row = con.execute("SELECT count(*) FROM pg_stat_activity WHERE query LIKE %s AND state = 'active' "
+                              "AND backend_type = 'client backend' AND pid <> pg_backend_pid()", (f"%{marker}%",)).fetchone()
+            return int(row[0]) if row else 0
+
+    deadline = time.monotonic() + 20
+    while active() == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert active() == 1, "the slow query never started"
+    sock.close()  # the client goes away
+    deadline = time.monotonic() + 10  # far below the role's 20 s statement timeout
+    while active() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert active() == 0, "the statement kept running after its client went away"
+    with client(gateway, issuer, "aud", ["audit"]) as auditor:
+        def done() -> list[dict[str, Any]]:
+            return [e for e in auditor.audit(type="query.failed", subject="gone-user", limit="50") if marker in (e.get("sql") or "")]
+
+        deadline = time.monotonic() + 10
+        events = done()
+        while not events and time.monotonic() < deadline:
+            time.sleep(0.05)
+            events = done()
+    assert events and events[-1]["status"] == "failure" and "cancel" in (events[-1]["error"] or ""), events

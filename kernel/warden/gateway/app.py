@@ -461,11 +461,14 @@ class CellResponse(Response):
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         gone = threading.Event()
+        ending = threading.Event()  # the last body message is being sent
         done = False  # the frames generator ran to its end (or was closed) here
 
         async def listen() -> None:
             while (await receive())["type"] != "http.disconnect":
                 pass
+            if ending.is_set():
+                return  # uvicorn says "disconnect" once the response is complete, too
             gone.set()
             queue.put_nowait(_GONE)
             if self._on_gone is not None:
@@ -478,6 +481,7 @@ class CellResponse(Response):
             head = await in_thread(_take_two, chunks)
             if head[-1] is _END:
                 done = True
+                ending.set()
                 await send({"type": "http.response.body", "body": b"".join(head[:-1]), "more_body": False})
                 return
             for item in head:
@@ -514,6 +518,7 @@ class CellResponse(Response):
                     raise item
                 slots.release()
                 await send({"type": "http.response.body", "body": item, "more_body": True})
+            ending.set()
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             gone.set()
