@@ -43,36 +43,38 @@ sys.path.insert(0, str(ROOT / "kernel"))
 # ---------------------------------------------------------------------------- in the gateway
 
 _totals: dict[str, float] = defaultdict(float)
+_cpu: dict[str, float] = defaultdict(float)  # the same phases in the calling thread's CPU time
 _counts: dict[str, int] = defaultdict(int)
 _lock = threading.Lock()
 
 
-def _add(phase: str, seconds: float) -> None:
+def _add(phase: str, seconds: float, cpu: float) -> None:
     with _lock:
         _totals[phase] += seconds
+        _cpu[phase] += cpu
         _counts[phase] += 1
 
 
 def _timed(phase: str | Callable[..., str], fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         try:
             return fn(*args, **kwargs)
         finally:
-            _add(phase(*args, **kwargs) if callable(phase) else phase, time.perf_counter() - t0)
+            _add(phase(*args, **kwargs) if callable(phase) else phase, time.perf_counter() - t0, time.thread_time() - c0)
 
     return wrapper
 
 
 def _timed_iter(phase: str, it: Iterator[Any]) -> Iterator[Any]:
     while True:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         try:
             item = next(it)
         except StopIteration:
-            _add(phase, time.perf_counter() - t0)
+            _add(phase, time.perf_counter() - t0, time.thread_time() - c0)
             return
-        _add(phase, time.perf_counter() - t0)
+        _add(phase, time.perf_counter() - t0, time.thread_time() - c0)
         yield item
 
 
@@ -133,7 +135,7 @@ def _install_timers() -> None:
         from warden.sql.analyze import CACHE
 
         cache = {"analysis cache hits": CACHE.hits, "analysis cache misses": CACHE.misses}
-        Path(out).write_text(json.dumps({"totals": _totals, "counts": _counts, "cache": cache}))
+        Path(out).write_text(json.dumps({"totals": _totals, "cpu": _cpu, "counts": _counts, "cache": cache}))
 
     atexit.register(dump)
 
@@ -229,20 +231,20 @@ def main() -> None:
         totals: dict[str, float] = data["totals"]
         mean_latency = statistics.mean(latencies) * 1000
         print(f"\ngateway profile: {args.queries} sequential 1-row queries ({'distinct shapes' if args.distinct else 'one cached shape'}), one client")
-        print(f"{'phase':<46} {'ms/query':>9} {'calls/query':>12}")
-        print("-" * 69)
+        print(f"{'phase':<46} {'ms/query':>9} {'CPU ms':>8} {'calls/query':>12}")
+        print("-" * 78)
         ordered = [p for p in totals if not p.startswith("  ") and not p.startswith("(")]
         for top in ["auth (token -> identity)", "request body parse", "run_cell (until the first frame)", "stream (execute, mask, frame, complete)"]:
             if top not in totals:
                 continue
-            print(f"{top:<46} {totals[top] / n * 1000:>9.3f} {data['counts'][top] / n:>12.1f}")
+            print(f"{top:<46} {totals[top] / n * 1000:>9.3f} {data['cpu'][top] / n * 1000:>8.3f} {data['counts'][top] / n:>12.1f}")
         for p in sorted((p for p in totals if p.startswith("  ")), key=lambda p: -totals[p]):
-            print(f"{p:<46} {totals[p] / n * 1000:>9.3f} {data['counts'][p] / n:>12.1f}")
+            print(f"{p:<46} {totals[p] / n * 1000:>9.3f} {data['cpu'][p] / n * 1000:>8.3f} {data['counts'][p] / n:>12.1f}")
         for p in (p for p in totals if p.startswith("(")):
-            print(f"{p:<46} {totals[p] / n * 1000:>9.3f} {data['counts'][p] / n:>12.1f}")
+            print(f"{p:<46} {totals[p] / n * 1000:>9.3f} {data['cpu'][p] / n * 1000:>8.3f} {data['counts'][p] / n:>12.1f}")
         inside = sum(totals[p] for p in ordered if p in totals) / n * 1000
         print(f"{'HTTP + event loop + client (latency - above)':<46} {mean_latency - inside:>9.3f}")
-        print("-" * 69)
+        print("-" * 78)
         print(f"{'client latency, mean':<46} {mean_latency:>9.3f}")
         print(f"{'client latency, p50 / p99':<46} {statistics.median(latencies) * 1000:>9.3f} / {sorted(latencies)[int(len(latencies) * 0.99)] * 1000:.3f}")
         print(f"{'gateway CPU (user+sys) per query':<46} {cpu / args.queries * 1000:>9.3f}")
