@@ -42,7 +42,11 @@ from pgserver import PostgresServer  # noqa: E402
 from warden.gateway.client import GatewayClient  # noqa: E402
 
 
-def timed(fn: Callable[[], object], repeat: int = 3) -> float:
+def timed(fn: Callable[[], object], repeat: int = 3, warmup: int = 2) -> float:
+    """Median of ``repeat`` runs after ``warmup`` untimed ones (first queries load the
+    catalog and open driver connections; with several workers, on each of them)."""
+    for _ in range(warmup):
+        fn()
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
@@ -128,7 +132,7 @@ def bulk(dsn: str, gw: GatewayProcess, token: str, args: argparse.Namespace) -> 
     rows.append(("ADBC -> Arrow (fastest raw driver)", timed(via_adbc, args.repeat)))
     rows.append(("gateway -> masked Arrow (HTTP, audited)", timed(via_gateway, args.repeat)))
     rows.append(("gateway -> masked pandas DataFrame", timed(via_gateway_pandas, args.repeat)))
-    rows.append(("psycopg fetchall (rows of Python objects)", timed(via_psycopg, 1)))
+    rows.append(("psycopg fetchall (rows of Python objects)", timed(via_psycopg, 1, warmup=0)))
     try:
         import pandas as pd
         import sqlalchemy
@@ -139,7 +143,7 @@ def bulk(dsn: str, gw: GatewayProcess, token: str, args: argparse.Namespace) -> 
             with engine.connect() as con:
                 pd.read_sql(BIG_SQL, con)
 
-        rows.append(("pandas.read_sql (SQLAlchemy)", timed(via_pandas, 1)))
+        rows.append(("pandas.read_sql (SQLAlchemy)", timed(via_pandas, 1, warmup=0)))
     except ImportError:
         print("(sqlalchemy not installed: pip install sqlalchemy to compare pandas.read_sql)")
     fastest_raw = rows[0][1]

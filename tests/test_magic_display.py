@@ -148,3 +148,34 @@ def test_detector_findings_count_as_masked_columns() -> None:
     cell, st = _cell(table, [])
     info = statement_info(cell, st, {"detectors": [{"statement": 0, "column": "notes", "detector": "phone", "rows": 1}]}, connection="demo")
     assert info["masked"]["notes"]["detector"] == "phone"
+
+
+def test_a_frame_changed_in_place_is_drawn_anew() -> None:
+    """Within one display both mime types read the rows once; a later display of the same
+    frame, changed in place, shows the new values (the rows are never reused across calls)."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    formatters.register(shell)
+    formatters.register(shell)  # idempotent
+    table = pa.table({"id": [1, 2], "email": ["****@a.example", "****@b.example"]})
+    df = to_output(table, _info(table, MASKS), "pandas")
+    calls: list[int] = []
+    real = show.frame_rows
+
+    def counting(frame: Any, limit: int) -> Any:
+        calls.append(1)
+        return real(frame, limit)
+
+    show.frame_rows = counting  # type: ignore[assignment]
+    try:
+        data, _ = shell.display_formatter.format(df)
+        assert "****@a.example" in data["text/html"] and "****@a.example" in data["text/plain"]
+        assert len(calls) == 1  # one read for both mime types
+        df.loc[0, "email"] = "changed@c.example"
+        data, _ = shell.display_formatter.format(df)
+        assert "changed@c.example" in data["text/html"] and "changed@c.example" in data["text/plain"]
+        assert len(calls) == 2
+    finally:
+        show.frame_rows = real  # type: ignore[assignment]
+        InteractiveShell.clear_instance()

@@ -6,6 +6,7 @@ until a result needs it). Frames without warden info keep their own display.
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Callable
 from typing import Any
 
@@ -20,12 +21,29 @@ def _limit() -> int:
     return m.displayed_rows() if m is not None else 10
 
 
+# Within one DisplayFormatter.format call (text/plain, then text/html, … of one object)
+# the rows of a frame are read once; the memo lives only for that call, so a frame
+# changed in place later is never drawn from stale rows.
+_ROWS_MEMO: contextvars.ContextVar[dict[tuple[int, int], Any] | None] = contextvars.ContextVar("warden_rows_memo", default=None)
+
+
+def _frame_rows(df: Any) -> tuple[list[str], list[tuple[Any, ...]]]:
+    limit = _limit()
+    memo = _ROWS_MEMO.get()
+    if memo is None:
+        return show.frame_rows(df, limit)
+    key = (id(df), limit)
+    if key not in memo:
+        memo[key] = (df, show.frame_rows(df, limit))  # df kept: its id stays its own
+    return memo[key][1]  # type: ignore[no-any-return]
+
+
 def frame_html(df: Any) -> str | None:
     info = info_of(df)
     if info is None:
         own: Callable[[], str | None] | None = getattr(df, "_repr_html_", None)
         return own() if own is not None else None
-    columns, rows = show.frame_rows(df, _limit())
+    columns, rows = _frame_rows(df)
     return show.render_table_html(columns, rows, total_rows=len(df), info=info)
 
 
@@ -42,7 +60,7 @@ def frame_text(df: Any, p: Any, cycle: bool) -> None:
     if info is None or cycle:
         p.text(repr(df))
         return
-    columns, rows = show.frame_rows(df, _limit())
+    columns, rows = _frame_rows(df)
     p.text(show.render_table_text(columns, rows, total_rows=len(df), info=info))
 
 
@@ -56,6 +74,19 @@ def table_text(table: Any, p: Any, cycle: bool) -> None:
 
 
 def register(shell: Any) -> None:
+    display = shell.display_formatter
+    if not getattr(display, "_warden_memo", False):
+        original = display.format
+
+        def format(obj: Any, include: Any = None, exclude: Any = None) -> Any:
+            token = _ROWS_MEMO.set({})
+            try:
+                return original(obj, include=include, exclude=exclude)
+            finally:
+                _ROWS_MEMO.reset(token)
+
+        display.format = format
+        display._warden_memo = True
     formatters = shell.display_formatter.formatters
     html, text = formatters["text/html"], formatters["text/plain"]
     for module in ("pandas", "pandas.core.frame"):  # pandas 3 reports "pandas"
