@@ -318,17 +318,6 @@ def test_auditor_verifies_the_chain_over_http(gateway: GatewayProcess, issuer: O
         assert any(e["type"] == "audit.verify" for e in c.audit(type="audit.verify"))
 
 
-def test_graceful_shutdown_then_verify(gateway: GatewayProcess, tmp_path: Path) -> None:
-    # Runs last in this module: stopping drains and writes a checkpoint.
-    # uvicorn re-raises SIGTERM after its graceful shutdown: -15 is a clean exit here.
-    assert gateway.stop() in (0, -15)
-    assert "audit store closed" in gateway.log.read_text()
-    from warden.audit.verify import verify
-
-    report = verify(f"duckdb://{gateway.workdir / 'state' / 'audit.duckdb'}")
-    assert report.ok, report
-
-
 def test_a_client_that_goes_away_mid_query_cancels_it_in_the_database(gateway: GatewayProcess, issuer: OIDCIssuer) -> None:
     """The kernel died (or the notebook closed) while its query ran: the gateway notices the
     closed connection, cancels the statement in PostgreSQL (not at its timeout) and audits
@@ -375,3 +364,15 @@ def test_a_client_that_goes_away_mid_query_cancels_it_in_the_database(gateway: G
             time.sleep(0.05)
             events = done()
     assert events and events[-1]["status"] == "failure" and "cancel" in (events[-1]["error"] or ""), events
+
+
+# Stops the module's gateway: keep this test last in the file.
+def test_graceful_shutdown_then_verify(gateway: GatewayProcess, tmp_path: Path) -> None:
+    # Runs last in this module: stopping drains and writes a checkpoint.
+    # uvicorn re-raises SIGTERM after its graceful shutdown: -15 is a clean exit here.
+    assert gateway.stop() in (0, -15)
+    assert "audit store closed" in gateway.log.read_text()
+    from warden.audit.verify import verify
+
+    report = verify(f"duckdb://{gateway.workdir / 'state' / 'audit.duckdb'}")
+    assert report.ok, report
