@@ -74,8 +74,15 @@ def _two_workers(postgres: PostgresServer, issuer: OIDCIssuer, tmp_path: Path, p
     seed_postgres(data)
     store = postgres.create_database(prefix=f"{prefix}store")
     gw = GatewayProcess(tmp_path, {**os.environ, "WARDEN_TEST_PG_DSN": data, "WARDEN_AUDIT_DSN": store}, _config(tmp_path, issuer))
-    gw.start(timeout=60)
-    return gw, store
+    gw.start(timeout=60)  # healthy: at least one worker serves
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # every worker serves (each prints this when it listens)
+        text = gw.log.read_text()
+        if all(f"gateway gw-w{k} (shared) listening" in text for k in range(1, WORKERS + 1)):
+            return gw, store
+        time.sleep(0.05)
+    gw.stop()
+    raise AssertionError(f"not every worker started:\n{gw.log.read_text()[-2000:]}")
 
 
 def test_workers_under_load_with_one_killed(issuer: OIDCIssuer, postgres: PostgresServer, tmp_path: Path) -> None:
