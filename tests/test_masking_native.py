@@ -28,7 +28,7 @@ native = pytest.importorskip(
 )
 
 KEY = b"test-key-0123456789abcdef0123456"
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 PORTABLE = pytest.mark.parametrize(
     "portable", [False, True], ids=["sha-ni-if-available", "portable"]
 )
