@@ -196,3 +196,38 @@ def test_fuzzed_bodies_never_crash_the_gateway(env: dict[str, Any], body: bytes)
     if resp.status_code >= 400 and resp.headers.get("content-type", "").startswith("application/json"):
         data = resp.json()
         assert data.get("status") in ("error", "denied")
+
+
+def test_sigterm_right_after_start_stops_the_gateway(tmp_path: Any) -> None:
+    """A service manager (or the workers' supervisor) that stops a gateway the moment it
+    says it listens: the signal is not lost before the HTTP server has its own handlers;
+    the gateway stops cleanly (exit 0), every time."""
+    import signal
+    import subprocess
+    import sys
+
+    from pgserver import free_port
+
+    seed_duckdb(tmp_path / "data.duckdb")
+    (tmp_path / "policy.yaml").write_text(yaml.safe_dump({**POLICY, "connections": {"dk": POLICY["connections"]["dk"]}}))
+    config = {"gateway_id": "gw-sig", "mode": "shared", "policy": "policy.yaml", "state_dir": "state",
+              "auth": {"mode": "oidc", "issuer": "http://127.0.0.1:9", "audience": "warden"},
+              "listen": {"host": "127.0.0.1", "port": free_port()}}  # fmt: skip
+    (tmp_path / "gateway.yaml").write_text(yaml.safe_dump(config))
+    for _ in range(3):
+        proc = subprocess.Popen([sys.executable, "-u", "-m", "warden.cli", "gateway", "--config", str(tmp_path / "gateway.yaml")],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path)  # fmt: skip
+        try:
+            assert proc.stdout is not None
+            seen = b""
+            for line in proc.stdout:
+                seen += line
+                if b"listening on" in line:
+                    break
+            assert b"listening on" in seen, seen.decode(errors="replace")[-2000:]
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)

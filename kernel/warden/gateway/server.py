@@ -387,11 +387,17 @@ def serve(config_path: str | Path, *, overrides: dict[str, Any] | None = None, w
     print(f"warden gateway {config.gateway_id} ({config.mode}) listening on {where}", flush=True)
     # uvicorn handles SIGTERM/SIGINT: stop accepting, finish running responses, then
     # the lifespan above drains the gateway and closes (checkpoints) the audit store.
-    # Afterwards uvicorn re-raises the signal under the handler it found installed: a
-    # no-op here, so a clean stop exits 0 (not 143), which service managers read as success.
+    # Afterwards uvicorn re-raises the signal under the handler it found installed: this
+    # one, so a clean stop exits 0 (not 143), which service managers read as success. It
+    # also catches a signal that arrives before uvicorn has installed its own handlers
+    # (a supervisor stopping a worker that just started): the server then stops at once
+    # instead of the signal being lost.
     import signal
 
+    def stop_soon(signum: int, frame: Any) -> None:
+        server.should_exit = True
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: None)
+        signal.signal(sig, stop_soon)
     server.run(sockets=sockets)
     return 0
