@@ -11,6 +11,7 @@ the chain's last ``close`` checkpoint are read: a clean stop drains every query 
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Final
 
 from warden.audit.record import DRAFT_FIELDS, EventDraft
@@ -27,10 +28,31 @@ INTERRUPTED: Final = (
 )
 
 
+#: Records read back at most: the intents a crash left open are among the last ones
+#: (a local gateway that is never stopped cleanly must not read its whole history).
+SCAN_LIMIT: Final = 50_000
+
+
 def close_interrupted(store: Any, chain_id: str, *, gateway_id: str, warden_version: str) -> int:
-    """Append a ``query.failed`` for every open intent of ``chain_id``; return how many."""
+    """Append a ``query.failed`` for every open intent of ``chain_id``; return how many.
+
+    Best effort: a store it cannot read back (damaged, tampered with) is reported by
+    ``warden audit verify``, not by refusing to start, so nothing is recorded then."""
+    try:
+        drafts = _closing_records(store, chain_id, gateway_id=gateway_id, warden_version=warden_version)
+    except Exception as exc:
+        print(f"warden gateway {gateway_id}: could not look for intents left open by an earlier stop "
+              f"({type(exc).__name__}); run `warden audit verify`", file=sys.stderr, flush=True)  # fmt: skip
+        return 0
+    if drafts:
+        store.append(drafts)
+    return len(drafts)
+
+
+def _closing_records(store: Any, chain_id: str, *, gateway_id: str, warden_version: str) -> list[EventDraft]:
     closes = [cp.seq for cp in store.checkpoints(chain_id) if cp.mark == "close"]
-    start = max(closes) + 1 if closes else 1
+    head = next((h.last_seq for h in store.chains() if h.chain_id == chain_id), 0)
+    start = max(max(closes) + 1 if closes else 1, head - SCAN_LIMIT + 1, 1)
     open_: dict[str, Any] = {}
     balance: dict[str, int] = {}
     for rec in store.read_chain(chain_id, start_seq=start):
@@ -49,6 +71,4 @@ def close_interrupted(store: Any, chain_id: str, *, gateway_id: str, warden_vers
         data.update(type="query.failed", status="failure", error=INTERRUPTED, parent_event_id=rec.event_id,
                     gateway_id=gateway_id, warden_version=warden_version)  # fmt: skip
         drafts.extend(EventDraft(**data) for _ in range(balance.get(key, 1)))
-    if drafts:
-        store.append(drafts)
-    return len(drafts)
+    return drafts
