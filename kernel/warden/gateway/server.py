@@ -335,6 +335,23 @@ def serve(config_path: str | Path, *, overrides: dict[str, Any] | None = None, w
         from warden.gateway.workers import serve_workers
 
         return serve_workers(config_path, config)
+    # Until uvicorn installs its own handlers (and afterwards, when it re-raises the
+    # signal under the handler it found: this one, so a clean stop exits 0, not 143,
+    # which service managers read as success), SIGTERM/SIGINT ask the server to stop
+    # instead of killing the process or being lost: a supervisor stopping a worker that
+    # is still starting gets a clean stop too.
+    import signal
+
+    stop_requested: list[int] = []
+    started: list[Any] = []
+
+    def stop_soon(signum: int, frame: Any) -> None:
+        stop_requested.append(signum)
+        for server in started:
+            server.should_exit = True
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop_soon)
     if worker is not None:
         from dataclasses import replace
 
@@ -385,19 +402,10 @@ def serve(config_path: str | Path, *, overrides: dict[str, Any] | None = None, w
     server = uvicorn.Server(uvicorn.Config(built.app, **kwargs))
     where = config.unix_socket or f"http://{config.host}:{config.port}"
     print(f"warden gateway {config.gateway_id} ({config.mode}) listening on {where}", flush=True)
+    if stop_requested:  # asked to stop while starting: start, then stop at once, cleanly
+        server.should_exit = True
+    started.append(server)
     # uvicorn handles SIGTERM/SIGINT: stop accepting, finish running responses, then
     # the lifespan above drains the gateway and closes (checkpoints) the audit store.
-    # Afterwards uvicorn re-raises the signal under the handler it found installed: this
-    # one, so a clean stop exits 0 (not 143), which service managers read as success. It
-    # also catches a signal that arrives before uvicorn has installed its own handlers
-    # (a supervisor stopping a worker that just started): the server then stops at once
-    # instead of the signal being lost.
-    import signal
-
-    def stop_soon(signum: int, frame: Any) -> None:
-        server.should_exit = True
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, stop_soon)
     server.run(sockets=sockets)
     return 0
