@@ -21,12 +21,14 @@ import atexit
 import contextlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -46,6 +48,7 @@ _totals: dict[str, float] = defaultdict(float)
 _cpu: dict[str, float] = defaultdict(float)  # the same phases in the calling thread's CPU time
 _counts: dict[str, int] = defaultdict(int)
 _lock = threading.Lock()
+_thread_names: dict[int, str] = {}
 
 
 def _add(phase: str, seconds: float, cpu: float) -> None:
@@ -129,13 +132,23 @@ def _install_timers() -> None:
 
     G._execute = execute_timed
 
+    # Native thread id -> Python thread name, so the client can name each thread's CPU time.
+    boot = threading.Thread._bootstrap_inner  # type: ignore[attr-defined]
+
+    def bootstrap_named(self: threading.Thread) -> None:
+        _thread_names[threading.get_native_id()] = self.name
+        boot(self)
+
+    threading.Thread._bootstrap_inner = bootstrap_named  # type: ignore[attr-defined]
+    _thread_names[threading.get_native_id()] = "MainThread (event loop)"
+
     out = os.environ["WARDEN_PROFILE_OUT"]
 
     def dump() -> None:
         from warden.sql.analyze import CACHE
 
         cache = {"analysis cache hits": CACHE.hits, "analysis cache misses": CACHE.misses}
-        Path(out).write_text(json.dumps({"totals": _totals, "cpu": _cpu, "counts": _counts, "cache": cache}))
+        Path(out).write_text(json.dumps({"totals": _totals, "cpu": _cpu, "counts": _counts, "cache": cache, "threads": _thread_names}))
 
     atexit.register(dump)
 
@@ -155,6 +168,21 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _thread_cpu(pid: int) -> dict[int, tuple[float, float]]:
+    """CPU seconds (user, system) of each live thread of `pid`, by native thread id."""
+    result: dict[int, tuple[float, float]] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            result[int(task.name)] = _cpu_seconds_of(task / "stat")
+    return result
+
+
+def _cpu_seconds_of(stat: Path) -> tuple[float, float]:
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
 def main() -> None:
     from oidc_issuer import OIDCIssuer
     from pgserver import PostgresServer
@@ -162,6 +190,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--queries", type=int, default=400)
     ap.add_argument("--distinct", action="store_true", help="a new statement shape every query (cold analysis cache)")
+    ap.add_argument("--no-context", action="store_true", help="send no kernel context (by default each query carries the session id and a new cell run id, as the kernel's do)")
     ap.add_argument("--py-spy", metavar="FILE", help="also sample the gateway's GIL holder with py-spy (if installed) into FILE (collapsed stacks)")
     args = ap.parse_args()
 
@@ -194,13 +223,17 @@ def main() -> None:
         try:
             _wait_healthy(proc, url, work)
             latencies = []
+            session_id = str(uuid.uuid4())
             with httpx.Client(base_url=url, headers={"authorization": f"Bearer {token}"}, timeout=30) as http:
                 def one(i: int) -> None:
                     sql = f"SELECT id, name, email FROM small WHERE id = {1 + i % 1000}"
                     if args.distinct:  # an alias is part of the shape: every query is new to the caches
                         sql = f"SELECT id AS c{i}, name, email FROM small WHERE id = {1 + i % 1000}"
+                    body: dict[str, Any] = {"connection": "pg", "sql": sql}
+                    if not args.no_context:  # as the kernel sends it: one session, a new cell run per cell
+                        body["context"] = {"session_id": session_id, "cell_run_id": str(uuid.uuid4()), "execution_count": i}
                     t0 = time.perf_counter()
-                    resp = http.post("/v1/cells", json={"connection": "pg", "sql": sql})
+                    resp = http.post("/v1/cells", json=body)
                     latencies.append(time.perf_counter() - t0)
                     if resp.status_code != 200 or b'"status":"ok"' not in resp.content:
                         raise SystemExit(f"query failed: {resp.status_code} {resp.content[:300]!r}")
@@ -210,12 +243,13 @@ def main() -> None:
                 latencies.clear()
                 spy = None
                 if args.py_spy:
-                    spy = subprocess.Popen(["py-spy", "record", "--pid", str(proc.pid), "--format", "raw", "--rate", "1000",
-                                            "--output", args.py_spy, "--threads", "--gil"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                cpu0 = _cpu_seconds(proc.pid)
+                    spy_exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+                    spy = subprocess.Popen([spy_exe, "record", "--pid", str(proc.pid), "--format", "raw", "--rate", "1000",
+                                            "--output", args.py_spy, "--threads"] + ([] if os.environ.get("SPY_ALL") else ["--gil"]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                cpu0, threads0 = _cpu_seconds(proc.pid), _thread_cpu(proc.pid)
                 for i in range(args.queries):
                     one(10_000 + i)
-                cpu = _cpu_seconds(proc.pid) - cpu0
+                cpu, threads1 = _cpu_seconds(proc.pid) - cpu0, _thread_cpu(proc.pid)
                 if spy is not None:
                     spy.send_signal(2)
                     spy.wait(timeout=30)
@@ -249,6 +283,16 @@ def main() -> None:
         print(f"{'client latency, p50 / p99':<46} {statistics.median(latencies) * 1000:>9.3f} / {sorted(latencies)[int(len(latencies) * 0.99)] * 1000:.3f}")
         print(f"{'gateway CPU (user+sys) per query':<46} {cpu / args.queries * 1000:>9.3f}")
         print("  ".join(f"{k}: {v}" for k, v in data.get("cache", {}).items()))
+        names = {int(k): v for k, v in data.get("threads", {}).items()}
+        by_name: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+        for tid, (user, system) in threads1.items():
+            user0, system0 = threads0.get(tid, (0.0, 0.0))
+            by_name[names.get(tid, f"thread {tid}")][0] += user - user0
+            by_name[names.get(tid, f"thread {tid}")][1] += system - system0
+        print(f"\n{'gateway thread (CPU ms per query)':<46} {'user':>8} {'system':>8}")
+        for name, (user, system) in sorted(by_name.items(), key=lambda kv: -sum(kv[1])):
+            if user + system > 0:
+                print(f"{name:<46} {user / args.queries * 1000:>8.3f} {system / args.queries * 1000:>8.3f}")
         print("\nphases indented under run_cell/stream are parts of them; the writer thread's work overlaps the commits")
 
 

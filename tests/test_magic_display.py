@@ -179,3 +179,40 @@ def test_a_frame_changed_in_place_is_drawn_anew() -> None:
     finally:
         show.frame_rows = real  # type: ignore[assignment]
         InteractiveShell.clear_instance()
+
+
+def test_a_warden_frame_is_drawn_directly_as_ipython_would_draw_it() -> None:
+    """The short cut past IPython's dozen formatters gives the very bundle IPython's own
+    route gives; it steps aside when something else would draw frames (a printer of the
+    user's for DataFrame, pandas' table-schema repr), and for frames without warden info."""
+    import pandas as pd
+    from IPython.core.formatters import DisplayFormatter
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    formatters.register(shell)
+    display = shell.display_formatter
+    table = pa.table({"id": [1, 2], "email": ["****@a.example", "****@b.example"], "note": ["<b>x</b>", None]})
+    df = to_output(table, _info(table, MASKS), "pandas")
+    try:
+        direct = display.format(df)
+        assert formatters._direct_format(display, df, None, None) is not None  # the short cut was taken
+        assert direct == DisplayFormatter.format(display, df)  # IPython's own route, formatter by formatter
+        assert set(direct[0]) == {"text/plain", "text/html"} and "&lt;b&gt;" in direct[0]["text/html"]
+        assert display.format(df, include={"text/plain"})[0].keys() == {"text/plain"}
+        assert display.format(df, exclude={"text/html"})[0].keys() == {"text/plain"}
+
+        plain = pd.DataFrame({"a": [1]})
+        assert formatters._direct_format(display, plain, None, None) is None  # not a warden result
+        with pd.option_context("display.html.table_schema", True):
+            assert formatters._direct_format(display, df, None, None) is None
+            assert "application/vnd.dataresource+json" in display.format(df)[0]
+        latex = display.formatters["text/latex"]
+        latex.for_type(pd.DataFrame, lambda frame: "\\begin{tabular}\\end{tabular}")
+        try:
+            assert formatters._direct_format(display, df, None, None) is None
+            assert display.format(df)[0]["text/latex"].startswith("\\begin{tabular}")
+        finally:
+            latex.pop(pd.DataFrame)
+    finally:
+        InteractiveShell.clear_instance()

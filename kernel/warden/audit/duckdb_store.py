@@ -59,7 +59,7 @@ ABSORB_MAX = 20_000
 #: DuckDB's INSERT costs milliseconds, partly under the GIL, nearly whatever its size, so
 #: fewer, larger inserts leave the writer and its callers alone. A reader (or close)
 #: that needs the records cuts the wait short.
-ABSORB_DELAY = 0.05
+ABSORB_DELAY = 0.5
 ABSORB_MIN = 2_000
 
 

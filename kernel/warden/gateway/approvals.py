@@ -116,11 +116,14 @@ class ApprovalStore:
 
     def __init__(self, url: str) -> None:
         self._lock = threading.Lock()
+        #: the DuckDB file (None in memory or on PostgreSQL)
+        self.path: Path | None
         if url.startswith("duckdb://"):
             import duckdb
 
             self._kind = "duckdb"
             path = url[len("duckdb://") :] or ":memory:"
+            self.path = None if path == ":memory:" else Path(path)
             if path != ":memory:":
                 private_dir(Path(path).parent)
             self._duck = duckdb.connect(path)
@@ -130,6 +133,7 @@ class ApprovalStore:
             from psycopg_pool import ConnectionPool
 
             self._kind = "postgres"
+            self.path = None
             self._pool = ConnectionPool(url, min_size=1, max_size=4, open=True, kwargs={"autocommit": True})
         self.setup(_SCHEMA, "ALTER TABLE warden_approvals ADD COLUMN IF NOT EXISTS requester_person TEXT")
 

@@ -816,6 +816,7 @@ class Gateway:
                 self._idle.wait(timeout=0.2)
         for ex in list(self._executors.values()):
             ex.close()
+        self.bindings.close()
         self.approvals.close()
 
 
