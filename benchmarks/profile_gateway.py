@@ -231,7 +231,7 @@ def main() -> None:
                         sql = f"SELECT id AS c{i}, name, email FROM small WHERE id = {1 + i % 1000}"
                     body: dict[str, Any] = {"connection": "pg", "sql": sql}
                     if not args.no_context:  # as the kernel sends it: one session, a new cell run per cell
-                        body["context"] = {"session_id": session_id, "cell_run_id": str(uuid.uuid4()), "execution_count": i}
+                        body["context"] = {"session_id": session_id, "cell_run_id": f"{session_id}:{uuid.uuid4()}", "execution_count": i}
                     t0 = time.perf_counter()
                     resp = http.post("/v1/cells", json=body)
                     latencies.append(time.perf_counter() - t0)

@@ -5,6 +5,7 @@ audit readers named by the policy."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -244,6 +245,35 @@ def test_sessions_and_cell_runs_are_bound_to_their_subject(gw: GatewayProcess, i
     gw.start()
     assert post_event(gw, mallory, session_id="sess-ana").status_code == 403
     assert post_event(gw, ana, session_id="sess-ana").status_code == 201
+
+
+def test_cell_runs_named_under_a_session_belong_to_its_subject(gw: GatewayProcess, issuer: OIDCIssuer) -> None:
+    """The kernel names cell runs "<session id>:<run>": such a run is the session owner's,
+    with no binding row of its own (so a cell costs no state write)."""
+    import sqlite3
+
+    ana, mallory = human(issuer, "ana", "analysts"), human(issuer, "mallory", "analysts")
+    lite = gw.workdir / "state" / "bindings.sqlite3"
+
+    def rows() -> int:
+        with contextlib.closing(sqlite3.connect(lite)) as con:
+            return int(con.execute("SELECT count(*) FROM warden_bindings").fetchone()[0])
+
+    assert post_event(gw, ana, session_id="sess-ana-2", cell_run_id="sess-ana-2:run-1").status_code == 201
+    before = rows()
+    for n in range(2, 6):
+        assert post_event(gw, ana, session_id="sess-ana-2", cell_run_id=f"sess-ana-2:run-{n}").status_code == 201
+    assert rows() == before  # no row per cell run
+    # Someone else naming a run under ana's session, with or without a session of their own:
+    for ctx in ({"session_id": "sess-mal-2", "cell_run_id": "sess-ana-2:run-9"}, {"cell_run_id": "sess-ana-2:anything"}):
+        resp = post_event(gw, mallory, **ctx)
+        assert resp.status_code == 403 and resp.json()["error"]["code"] == "session/not-yours", resp.text
+    cell = httpx.post(gw.url + "/v1/cells", headers=auth(mallory),
+                      json={"connection": "dk", "sql": "SELECT 1 AS one", "context": {"cell_run_id": "sess-ana-2:run-1"}})  # fmt: skip
+    assert cell.status_code == 403
+    # A run named under a session nobody holds yet binds that session to its first user.
+    assert post_event(gw, mallory, cell_run_id="sess-new:run-1").status_code == 201
+    assert post_event(gw, ana, session_id="sess-new").status_code == 403
 
 
 # -- audit readers -----------------------------------------------------------------------

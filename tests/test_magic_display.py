@@ -216,3 +216,24 @@ def test_a_warden_frame_is_drawn_directly_as_ipython_would_draw_it() -> None:
             latex.pop(pd.DataFrame)
     finally:
         InteractiveShell.clear_instance()
+
+
+def test_a_sql_result_set_is_drawn_directly_too() -> None:
+    from IPython.core.formatters import DisplayFormatter
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from warden.magic.resultset import ResultSet
+
+    shell = InteractiveShell.instance()
+    formatters.register(shell)
+    display = shell.display_formatter
+    table = pa.table({"id": [1], "email": ["****@a.example"]})
+    df = to_output(table, _info(table, MASKS), "pandas")
+    result = ResultSet(df)
+    result.attrs = dict(df.attrs)
+    try:
+        assert formatters._direct_format(display, result, None, None) is not None
+        assert display.format(result) == DisplayFormatter.format(display, result)
+        assert "****@a.example" in display.format(result)[0]["text/html"]
+    finally:
+        InteractiveShell.clear_instance()

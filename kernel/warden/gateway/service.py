@@ -606,8 +606,13 @@ class Gateway:
             value = context.get(key)
             if not value or not isinstance(value, str):
                 continue
+            bound_kind, bound_id = kind, value
+            if kind == "cell_run" and value.find(":") > 0:
+                # "<session id>:<run>" (how the warden kernel names its cell runs) belongs
+                # to whoever holds that session id: no state write per cell.
+                bound_kind, bound_id = "session", value.split(":", 1)[0]
             try:
-                owner = self.bindings.owner(kind, value, identity.subject)
+                owner = self.bindings.owner(bound_kind, bound_id, identity.subject)
             except Exception as exc:
                 raise AuditUnavailableError(f"the gateway's state store cannot bind the {key} ({type(exc).__name__})") from None
             if owner != identity.subject:

@@ -104,13 +104,18 @@ class WardenSession:
     def ensure_cell(self, *, source: str = "", execution_count: int | None = None) -> CellRun:
         """The current cell run; outside the warden kernel, one is made per magic call."""
         if self.current is None:
-            return CellRun(str(uuid.uuid4()), "", execution_count, source, False)
+            return CellRun(self.new_cell_run_id(), "", execution_count, source, False)
         return self.current
 
     # -- cells ------------------------------------------------------------------------------
 
+    def new_cell_run_id(self) -> str:
+        """``<session id>:<uuid>``: the gateway binds a cell run named under a session to
+        that session's subject without a state write of its own (docs/gateway.md)."""
+        return f"{self.session_id}:{uuid.uuid4()}"
+
     def begin_cell(self, source: str, *, cell_id: str | None, execution_count: int | None, silent: bool) -> CellRun:
-        run = CellRun(str(uuid.uuid4()), cell_id or "", execution_count, source, silent)
+        run = CellRun(self.new_cell_run_id(), cell_id or "", execution_count, source, silent)
         self.current = run
         return run
 
@@ -134,7 +139,7 @@ class WardenSession:
 
     def record_aborted(self, source: str, *, cell_id: str | None, silent: bool) -> None:
         """An execute request the kernel did not run (an earlier cell failed)."""
-        run = CellRun(str(uuid.uuid4()), cell_id or "", None, source, silent)
+        run = CellRun(self.new_cell_run_id(), cell_id or "", None, source, silent)
         self.end_cell(run, status="aborted", evalue="not run: an earlier cell in the queue failed")
 
     def record_query(self, entry: dict[str, Any]) -> None:

@@ -76,32 +76,36 @@ def table_text(table: Any, p: Any, cycle: bool) -> None:
 def _direct_format(display: Any, obj: Any, include: Any, exclude: Any) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """A warden DataFrame's text and HTML, without IPython asking each of its dozen
     formatters (each probes the frame for ``_repr_png_``, ``_repr_svg_``, …, and every
-    probe is a slow pandas ``__getattr__``: ~0.35 ms of a 1-row cell). Only for a plain
-    ``pandas.DataFrame`` when nothing else would have drawn it: no other formatter has a
-    printer for the type, and pandas' own LaTeX / table-schema reprs are off. None: ask
-    IPython as usual."""
-    if type(obj).__name__ != "DataFrame" or type(obj).__module__.split(".")[0] != "pandas" or info_of(obj) is None:
+    probe is a slow pandas ``__getattr__``: ~0.3 ms of a 1-row cell). Only for a plain
+    ``pandas.DataFrame`` or a ``%sql`` ResultSet (which adds no display of its own) when
+    nothing else would have drawn it: no other formatter has a printer for the type,
+    and pandas' own LaTeX / table-schema reprs are off. None: ask IPython as usual."""
+    cls = type(obj)
+    if cls.__name__ not in ("DataFrame", "ResultSet") or info_of(obj) is None:
         return None
     import pandas as pd
 
-    if type(obj) is not pd.DataFrame:
+    from warden.magic.resultset import ResultSet
+
+    if cls is not pd.DataFrame and cls is not ResultSet:
         return None
     if pd.get_option("styler.render.repr") == "latex" or pd.get_option("display.html.table_schema"):
         return None
-    data: dict[str, Any] = {}
+    classes = cls.__mro__[: cls.__mro__.index(pd.DataFrame) + 1]
+    names = {(c.__module__, c.__name__) for c in classes}
+    wanted = [m for m in ("text/plain", "text/html") if (not include or m in include) and not (exclude and m in exclude)]
     for mime, formatter in display.formatters.items():
-        if not getattr(formatter, "enabled", True) or (include and mime not in include) or (exclude and mime in exclude):
+        if not getattr(formatter, "enabled", True) or mime in ("text/plain", "text/html"):
             continue
-        if mime in ("text/plain", "text/html"):
+        if (include and mime not in include) or (exclude and mime in exclude):
             continue
-        if pd.DataFrame in getattr(formatter, "type_printers", {}) or any(
-            name == "DataFrame" for (_module, name) in getattr(formatter, "deferred_printers", {})
-        ):
+        printers = getattr(formatter, "type_printers", {})
+        if any(c in printers for c in classes) or names & set(getattr(formatter, "deferred_printers", {})):
             return None  # someone registered a display of their own for frames
-    html = display.formatters.get("text/html")
-    text = display.formatters.get("text/plain")
-    for mime, formatter in (("text/plain", text), ("text/html", html)):
-        if formatter is None or not getattr(formatter, "enabled", True) or (include and mime not in include) or (exclude and mime in exclude):
+    data: dict[str, Any] = {}
+    for mime in wanted:
+        formatter = display.formatters.get(mime)
+        if formatter is None or not getattr(formatter, "enabled", True):
             continue
         value = formatter(obj)
         if value is not None:
