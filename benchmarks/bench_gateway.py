@@ -229,8 +229,8 @@ def small_wrk(gw: GatewayProcess, token: str, args: argparse.Namespace, work: Pa
 
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     print(f"\nsmall queries from wrk, {args.clients} connections for {args.seconds:.0f}s")
-    print(f"{'q/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
-    print(f"{qps:>8.0f} {pct('50'):>8.1f} {pct('99'):>8.1f} {int(non2xx.group(1)) if non2xx else 0:>8}")
+    print(f"{'q/s':>8} {'p50 ms':>8} {'p75 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
+    print(f"{qps:>8.0f} {pct('50'):>8.1f} {pct('75'):>8.1f} {pct('90'):>8.1f} {pct('99'):>8.1f} {int(non2xx.group(1)) if non2xx else 0:>8}")
     print(f"goal >= 300 q/s with p99 <= 100 ms: {'met' if qps >= 300 and pct('99') <= 100 else 'NOT met'}")
 
 
