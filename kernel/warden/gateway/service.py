@@ -607,10 +607,11 @@ class Gateway:
             if not value or not isinstance(value, str):
                 continue
             bound_kind, bound_id = kind, value
-            if kind == "cell_run" and value.find(":") > 0:
+            session, named_under, _run = value.partition(":")
+            if kind == "cell_run" and named_under and session:
                 # "<session id>:<run>" (how the warden kernel names its cell runs) belongs
                 # to whoever holds that session id: no state write per cell.
-                bound_kind, bound_id = "session", value.split(":", 1)[0]
+                bound_kind, bound_id = "session", session
             try:
                 owner = self.bindings.owner(bound_kind, bound_id, identity.subject)
             except Exception as exc:

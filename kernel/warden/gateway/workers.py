@@ -31,6 +31,7 @@ import sys
 import time
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from warden.gateway.config import GatewayConfig
 
@@ -51,20 +52,27 @@ class _Stop(Exception):
     pass
 
 
-def _bind(config: GatewayConfig) -> socket.socket:
+def _bind(config: GatewayConfig, *, port: int | None = None, reuse_port: bool = False) -> socket.socket:
     if config.unix_socket:
         path = Path(config.unix_socket)
         path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.bind(str(path))
+        address: Any = str(path)
     else:
         family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((config.host, config.port))
-    sock.listen(2048)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        address = (config.host, config.port if port is None else port)
+    try:
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
     sock.set_inheritable(True)
     return sock
 
@@ -76,23 +84,13 @@ def _listeners(config: GatewayConfig) -> list[socket.socket]:
     first take a whole burst of connections, which its clients then keep (24/21/5 of
     50 on three workers, p99 over 1 s). The supervisor holds them all: connections that
     arrive for a worker being restarted wait in its backlog. A unix socket is shared."""
-    first = _bind(config)
     if config.unix_socket or not hasattr(socket, "SO_REUSEPORT"):
-        return [first] * config.workers
-    first.close()
-    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
-    socks: list[socket.socket] = []
-    port = config.port
+        return [_bind(config)] * config.workers
+    socks = [_bind(config, reuse_port=True)]
+    port = socks[0].getsockname()[1]  # port 0: the others join the port the first got
     try:
-        for _ in range(config.workers):
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            socks.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind((config.host, port))
-            port = sock.getsockname()[1]  # port 0: the others join the port the first got
-            sock.listen(2048)
-            sock.set_inheritable(True)
+        while len(socks) < config.workers:
+            socks.append(_bind(config, port=port, reuse_port=True))
     except OSError:
         for sock in socks:
             sock.close()
