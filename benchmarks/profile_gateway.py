@@ -164,8 +164,7 @@ def _serve(config: str) -> None:
 
 
 def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return sum(_cpu_seconds_of(Path(f"/proc/{pid}/stat")))
 
 
 def _thread_cpu(pid: int) -> dict[int, tuple[float, float]]:
@@ -178,6 +177,7 @@ def _thread_cpu(pid: int) -> dict[int, tuple[float, float]]:
 
 
 def _cpu_seconds_of(stat: Path) -> tuple[float, float]:
+    """(user, system) CPU seconds from a /proc stat file (a process's or a thread's)."""
     fields = stat.read_text().rsplit(")", 1)[1].split()
     tick = os.sysconf("SC_CLK_TCK")
     return int(fields[11]) / tick, int(fields[12]) / tick
@@ -191,6 +191,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=400)
     ap.add_argument("--distinct", action="store_true", help="a new statement shape every query (cold analysis cache)")
     ap.add_argument("--no-context", action="store_true", help="send no kernel context (by default each query carries the session id and a new cell run id, as the kernel's do)")
+    ap.add_argument("--py-spy-all", action="store_true", help="with --py-spy: sample every thread that runs, not only the GIL holder")
     ap.add_argument("--py-spy", metavar="FILE", help="also sample the gateway's GIL holder with py-spy (if installed) into FILE (collapsed stacks)")
     args = ap.parse_args()
 
@@ -245,7 +246,7 @@ def main() -> None:
                 if args.py_spy:
                     spy_exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
                     spy = subprocess.Popen([spy_exe, "record", "--pid", str(proc.pid), "--format", "raw", "--rate", "1000",
-                                            "--output", args.py_spy, "--threads"] + ([] if os.environ.get("SPY_ALL") else ["--gil"]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                            "--output", args.py_spy, "--threads"] + ([] if args.py_spy_all else ["--gil"]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 cpu0, threads0 = _cpu_seconds(proc.pid), _thread_cpu(proc.pid)
                 for i in range(args.queries):
                     one(10_000 + i)
@@ -287,8 +288,9 @@ def main() -> None:
         by_name: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
         for tid, (user, system) in threads1.items():
             user0, system0 = threads0.get(tid, (0.0, 0.0))
-            by_name[names.get(tid, f"thread {tid}")][0] += user - user0
-            by_name[names.get(tid, f"thread {tid}")][1] += system - system0
+            total = by_name[names.get(tid, f"thread {tid}")]
+            total[0] += user - user0
+            total[1] += system - system0
         print(f"\n{'gateway thread (CPU ms per query)':<46} {'user':>8} {'system':>8}")
         for name, (user, system) in sorted(by_name.items(), key=lambda kv: -sum(kv[1])):
             if user + system > 0:

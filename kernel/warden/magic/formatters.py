@@ -93,19 +93,20 @@ def _direct_format(display: Any, obj: Any, include: Any, exclude: Any) -> tuple[
         return None
     classes = cls.__mro__[: cls.__mro__.index(pd.DataFrame) + 1]
     names = {(c.__module__, c.__name__) for c in classes}
-    wanted = [m for m in ("text/plain", "text/html") if (not include or m in include) and not (exclude and m in exclude)]
+
+    def shown(mime: str, formatter: Any) -> bool:
+        return bool(getattr(formatter, "enabled", True)) and (not include or mime in include) and not (exclude and mime in exclude)
+
     for mime, formatter in display.formatters.items():
-        if not getattr(formatter, "enabled", True) or mime in ("text/plain", "text/html"):
-            continue
-        if (include and mime not in include) or (exclude and mime in exclude):
+        if mime in ("text/plain", "text/html") or not shown(mime, formatter):
             continue
         printers = getattr(formatter, "type_printers", {})
         if any(c in printers for c in classes) or names & set(getattr(formatter, "deferred_printers", {})):
             return None  # someone registered a display of their own for frames
     data: dict[str, Any] = {}
-    for mime in wanted:
+    for mime in ("text/plain", "text/html"):
         formatter = display.formatters.get(mime)
-        if formatter is None or not getattr(formatter, "enabled", True):
+        if formatter is None or not shown(mime, formatter):
             continue
         value = formatter(obj)
         if value is not None:
