@@ -300,7 +300,7 @@ def main() -> None:
     print(f"audit append benchmark: {args.event} events, {args.seconds:.0f} s per measurement, {os.cpu_count()} CPU(s), goal >= {GOAL} events/s")
     print_header()
     with tempfile.TemporaryDirectory() as tmp:
-        for mode in args.duckdb.split(","):
+        for mode in filter(None, args.duckdb.split(",")):  # --duckdb "": PostgreSQL only
             if mode == "journal":
                 bench_store("duckdb-j", f"duckdb://{tmp}/audit.duckdb", lambda: f"{tmp}/naive.duckdb", make, args, journal=True)
             elif mode == "direct":

@@ -190,6 +190,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--queries", type=int, default=400)
     ap.add_argument("--distinct", action="store_true", help="a new statement shape every query (cold analysis cache)")
+    ap.add_argument("--limit", type=int, metavar="N", help="end the query with LIMIT N (N <= 100: a small result PostgreSQL returns whole, without COPY)")
     ap.add_argument("--no-context", action="store_true", help="send no kernel context (by default each query carries the session id and a new cell run id, as the kernel's do)")
     ap.add_argument("--py-spy-all", action="store_true", help="with --py-spy: sample every thread that runs, not only the GIL holder")
     ap.add_argument("--py-spy", metavar="FILE", help="also sample the gateway's GIL holder with py-spy (if installed) into FILE (collapsed stacks)")
@@ -230,6 +231,8 @@ def main() -> None:
                     sql = f"SELECT id, name, email FROM small WHERE id = {1 + i % 1000}"
                     if args.distinct:  # an alias is part of the shape: every query is new to the caches
                         sql = f"SELECT id AS c{i}, name, email FROM small WHERE id = {1 + i % 1000}"
+                    if args.limit is not None:
+                        sql += f" LIMIT {args.limit}"
                     body: dict[str, Any] = {"connection": "pg", "sql": sql}
                     if not args.no_context:  # as the kernel sends it: one session, a new cell run per cell
                         body["context"] = {"session_id": session_id, "cell_run_id": f"{session_id}:{uuid.uuid4()}", "execution_count": i}

@@ -667,7 +667,7 @@ class Gateway:
                     result = StatementResult(None, iter(()), rowcount=0)
                 else:
                     result = executor.run(sql, params, limits, cancel, returns_rows=returns_rows, retry_safe=st.kind == "select", session=session,
-                                      writes=st.kind != "select")
+                                      writes=st.kind != "select", row_bound=st.row_bound)
                 rows = size = 0
                 truncated = False
                 found: dict[tuple[int, str, str], int] = {}

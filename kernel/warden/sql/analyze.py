@@ -14,6 +14,7 @@ import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, replace
+from typing import Final
 
 import sqlglot
 from sqlglot import exp
@@ -489,7 +490,7 @@ def _dispatch(stmt: exp.Expr, kind: str, base: StatementAnalysis, lineage: Query
             return _select_into(stmt, into, base, lineage)
         query = lineage.qualify(stmt)
         outputs = lineage.analyse(query)
-        st = replace(base, outputs=tuple(outputs), has_where=_has_where(query), limit=_limit(query))
+        st = replace(base, outputs=tuple(outputs), has_where=_has_where(query), limit=_limit(query), row_bound=_row_bound(query))
         if any(True for _ in query.find_all(exp.Lock)):
             # FOR UPDATE / FOR SHARE take row locks, as an UPDATE would.
             st = replace(st, kind="update")
@@ -888,14 +889,49 @@ def _has_where(query: exp.Expr) -> bool:
 
 
 def _limit(query: exp.Expr) -> int | None:
+    """The row count a literal LIMIT / FETCH FIRST caps the result at, or None. A
+    limit that caps nothing is none: ``LIMIT 10 PERCENT`` (a share, not a count) and
+    ``FETCH FIRST n ROWS WITH TIES`` (every row tied with the n-th comes too)."""
     limit = query.args.get("limit")
-    node = limit.args.get("expression") or limit.args.get("count") if isinstance(limit, (exp.Limit, exp.Fetch)) else None
+    if not isinstance(limit, (exp.Limit, exp.Fetch)):
+        return None
+    options = limit.args.get("limit_options")
+    if isinstance(options, exp.Expr) and (options.args.get("percent") or options.args.get("with_ties")):
+        return None
+    node = limit.args.get("expression") or limit.args.get("count")
     if isinstance(node, exp.Literal) and not node.is_string:
         try:
-            return int(node.this)
+            n = int(node.this)
         except ValueError:
             return None
+        return n if n >= 0 else None
     return None
+
+
+# Expressions a one-row projection may be built of: none of them returns a set. (An
+# unknown function might: ``unnest(...)``, ``generate_series(...)`` in a SELECT list
+# turn one row into many.)
+_ONE_ROW_NODES: Final = (
+    exp.Alias, exp.Column, exp.Identifier, exp.Literal, exp.Star, exp.Paren, exp.Cast, exp.Binary,
+    exp.Unary, exp.Null, exp.Boolean, exp.DataType, exp.DataTypeParam, exp.AggFunc, exp.Distinct,
+    exp.Case, exp.If, exp.Coalesce,
+)  # fmt: skip
+
+
+def _row_bound(query: exp.Expr) -> int | None:
+    """At most how many rows ``query`` returns, when its text proves it: a literal
+    LIMIT, or a SELECT that makes one row (aggregates without GROUP BY, or no FROM)
+    and calls nothing that could return a set. None: unknown."""
+    bound = _limit(query)
+    if isinstance(query, exp.Select) and not any(query.args.get(k) for k in ("group", "windows", "connect")):
+        nodes = [n for projection in query.expressions for n in projection.walk()]
+        no_source = not any(query.args.get(k) for k in ("from_", "joins", "laterals"))
+        one_row = all(isinstance(n, _ONE_ROW_NODES) for n in nodes) and (
+            no_source or any(isinstance(n, exp.AggFunc) for n in nodes)
+        )
+        if one_row and nodes:
+            bound = 1 if bound is None else min(bound, 1)
+    return bound
 
 
 __all__ = ["CACHE", "AnalysisCache", "analyse_statement", "analyze_cell", "tokenize_cell"]

@@ -114,6 +114,9 @@ class StatementAnalysis:
     column_writes: tuple[ColumnWrite, ...] = ()
     has_where: bool = False
     limit: int | None = None
+    # At most this many rows come back, as the text proves it (a literal LIMIT, or one
+    # row: aggregates without GROUP BY); None when unknown. Not a policy fact.
+    row_bound: int | None = None
     unresolved: tuple[Unresolved, ...] = ()
     literals: tuple[LiteralSpan, ...] = ()
     search_path: tuple[str, ...] = ()
