@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import json
 import threading
-from collections.abc import Awaitable, Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -121,32 +121,21 @@ def create_app(gateway: Gateway, authenticate: Authenticate, *, audit_reader: An
         data = await body_of(request)
         req = _cell_request(data)
         ip = request.client.host if request.client else ""
-        loop = asyncio.get_running_loop()
-        started: asyncio.Future[tuple[Any, Generator[Any, None, None] | None, bytes]] = loop.create_future()
+        def start() -> tuple[Any, bytes]:
+            # Run the cell and take its first frame (the decision, with the query id a
+            # client needs to cancel) in the same thread hop.
+            if req.connection == AUDIT_CONNECTION and audit_sql is not None:
+                outcome = audit_sql.run(who, req, client_ip=ip)  # the auditor's SQL over the live log
+            else:
+                outcome = gateway.run_cell(who, req, client_ip=ip)
+            first = next(outcome.frames, b"") if outcome.frames is not None else b""
+            return outcome, first
 
-        def start() -> list[Any] | None:
-            # One thread hop for a small result: run the cell, hand its first frame (the
-            # decision, with the query id a client needs to cancel) to the event loop at
-            # once, and go on here to the frames after it (the response awaits them).
-            try:
-                if req.connection == AUDIT_CONNECTION and audit_sql is not None:
-                    outcome = audit_sql.run(who, req, client_ip=ip)  # the auditor's SQL over the live log
-                else:
-                    outcome = gateway.run_cell(who, req, client_ip=ip)
-                chunks = _iterate(outcome.frames) if outcome.frames is not None else None
-                first = next(chunks, b"") if chunks is not None else b""
-            except BaseException as exc:  # raised where the handler awaits ``started``
-                loop.call_soon_threadsafe(_settle, started, None, exc)
-                return None
-            loop.call_soon_threadsafe(_settle, started, (outcome, chunks, first), None)
-            return _take_two(chunks) if chunks is not None else None
-
-        head = loop.run_in_executor(_REQUEST_THREADS, start)
-        outcome, chunks, first = await started
-        if chunks is None:
+        outcome, first = await in_thread(start)
+        if outcome.frames is None:
             return JSONResponse(outcome.body, status_code=outcome.http_status)
         qid = str((outcome.body or {}).get("query_id", ""))
-        return CellResponse(first, chunks, head, on_gone=(lambda: gateway.cancel_here(qid, who.subject, admin=True)) if qid else None)
+        return CellResponse(first, outcome.frames, on_gone=(lambda: gateway.cancel_here(qid, who.subject, admin=True)) if qid else None)
 
     async def cancel(request: Request) -> Response:
         who = await identity_of(request)
@@ -391,11 +380,11 @@ _DIRECT = 64 << 10  # a payload at least this big is sent as is, never joined (c
 _AHEAD = 8  # chunks the producer may be ahead of the socket
 
 
-def _iterate(frames: Iterator[Any]) -> Generator[Any, None, None]:
-    """The first frame on its own, then small frames gathered into chunks of up to
-    256 KiB and large payloads (Arrow IPC messages, memoryviews) passed through uncopied."""
+def _iterate(first: bytes, frames: Iterator[Any]) -> Generator[Any, None, None]:
+    """The first frame at once, then small frames gathered into chunks of up to 256 KiB
+    and large payloads (Arrow IPC messages, memoryviews) passed through uncopied."""
     try:
-        yield next(frames, b"")
+        yield first
         pending: list[Any] = []
         size = 0
         for piece in frames:
@@ -426,15 +415,6 @@ _END = object()
 T = TypeVar("T")
 
 
-def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.done():  # the handler was cancelled (the client went away)
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
-
-
 def _take_two(chunks: Iterator[Any]) -> list[Any]:
     out = []
     for _ in range(2):
@@ -458,9 +438,8 @@ class CellResponse(Response):
     """The framed result of a cell, sent as it is produced.
 
     The first frame (the decision, with the query id a client needs to cancel) goes at
-    once. The thread that ran the cell goes on to the next two chunks (``head``): a
-    small result then costs no further thread hop, and its remaining frames go in one
-    write. A larger one is produced
+    once. A small result then costs one thread hop: its remaining frames come back
+    together and go in one write, with no disconnect listener. A larger one is produced
     by a thread of its own while the event loop sends: fetching, masking and framing
     the next chunk overlap sending this one, up to ``_AHEAD`` chunks ahead (then the
     producer waits, so a slow client holds back the database, not the gateway's
@@ -470,16 +449,11 @@ class CellResponse(Response):
 
     media_type = CONTENT_TYPE
 
-    def __init__(
-        self, first: bytes, chunks: Generator[Any, None, None], head: Awaitable[list[Any] | None],
-        on_gone: Callable[[], Any] | None = None,
-    ) -> None:  # fmt: skip
+    def __init__(self, first: bytes, frames: Iterator[Any], on_gone: Callable[[], Any] | None = None) -> None:
         # No Response.__init__: it would set a Content-Length for an empty body.
         self.status_code, self.background = 200, None
         self.init_headers(None)
-        self._first = first
-        self._chunks = chunks  # from _iterate, its first chunk taken already
-        self._head = head  # the next chunks (up to two, then _END), taken by the thread that ran the cell
+        self._chunks = _iterate(first, frames)
         self._on_gone = on_gone  # cancels the running statement (the client went away)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -501,11 +475,10 @@ class CellResponse(Response):
                 loop.run_in_executor(_REQUEST_THREADS, self._on_gone)
 
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        await send({"type": "http.response.body", "body": self._first, "more_body": True})
+        await send({"type": "http.response.body", "body": next(chunks), "more_body": True})
         listener = asyncio.create_task(listen())
         try:
-            head = await self._head
-            assert head is not None
+            head = await in_thread(_take_two, chunks)
             if head[-1] is _END:
                 done = True
                 ending.set()
@@ -552,22 +525,9 @@ class CellResponse(Response):
             listener.cancel()
             if not done:
                 # Not produced to the end here (the client went away, or a send failed):
-                # close the frames in a thread, so the statement ends and is audited;
-                # after the thread that ran the cell has let go of them.
-                def close(_: Any = None) -> None:
-                    threading.Thread(target=_close_frames, args=(chunks, self._head), daemon=True).start()
-
-                if isinstance(self._head, asyncio.Future) and not self._head.done():
-                    self._head.add_done_callback(close)
-                else:
-                    close()
-
-
-def _close_frames(chunks: Generator[Any, None, None], head: Any) -> None:
-    if isinstance(head, asyncio.Future) and not head.cancelled():
-        head.exception()  # retrieved: its error, if any, was the response's already
-    with contextlib.suppress(ValueError, RuntimeError):
-        chunks.close()
+                # close the frames in a thread, so the statement ends and is audited.
+                with contextlib.suppress(ValueError):
+                    threading.Thread(target=chunks.close, daemon=True).start()
 
 
 _GONE = object()
