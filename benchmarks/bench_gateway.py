@@ -97,7 +97,7 @@ def main() -> None:
                 bulk(dsn, gw, token, args)
             small(gw, token, args)
             if shutil.which("wrk"):
-                small_wrk(gw, token, args, work)
+                small_wrk(gw, token, args, work, pg.pid or -1)
             else:
                 print("(install wrk -- apt-get install wrk -- to measure with a load generator that costs little CPU)")
         finally:
@@ -209,15 +209,19 @@ end
 """
 
 
-def small_wrk(gw: GatewayProcess, token: str, args: argparse.Namespace, work: Path) -> None:
+def small_wrk(gw: GatewayProcess, token: str, args: argparse.Namespace, work: Path, pg_pid: int) -> None:
     """The same small queries from wrk (C, one thread): the client takes little of the
     2 cores, so this shows what the gateway itself sustains."""
     script = work / "cells.lua"
     script.write_text(WRK_SCRIPT % token)
+    roots = {"gateway": gw.proc.pid if gw.proc else -1, "PostgreSQL": pg_pid}
+    cpu_before, busy_before = {k: tree_cpu_seconds(v) for k, v in roots.items()}, machine_busy_seconds()
     out = subprocess.run(
         ["wrk", "-t1", f"-c{args.clients}", f"-d{int(args.seconds)}s", "--latency", "-s", str(script), gw.url],
         capture_output=True, text=True, timeout=args.seconds + 60,
     ).stdout
+    cpu = {k: tree_cpu_seconds(v) - cpu_before[k] for k, v in roots.items()}
+    busy, elapsed = (b - a for a, b in zip(busy_before, machine_busy_seconds(), strict=True))
     qps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
 
     def pct(p: str) -> float:
@@ -232,6 +236,42 @@ def small_wrk(gw: GatewayProcess, token: str, args: argparse.Namespace, work: Pa
     print(f"{'q/s':>8} {'p50 ms':>8} {'p75 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
     print(f"{qps:>8.0f} {pct('50'):>8.1f} {pct('75'):>8.1f} {pct('90'):>8.1f} {pct('99'):>8.1f} {int(non2xx.group(1)) if non2xx else 0:>8}")
     print(f"goal >= 300 q/s with p99 <= 100 ms: {'met' if qps >= 300 and pct('99') <= 100 else 'NOT met'}")
+    queries = max(1.0, qps * args.seconds)
+    print(f"CPU per query (process trees, from /proc): gateway {cpu['gateway'] / queries * 1000:.2f} ms "
+          f"(all workers), PostgreSQL {cpu['PostgreSQL'] / queries * 1000:.2f} ms (queries and audit); "
+          f"the machine was busy {busy / elapsed:.2f} of {os.cpu_count()} cores")  # fmt: skip
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """User + system CPU seconds of ``root`` and every process below it (live ones)."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        parents[int(entry.name)] = int(fields[1])
+        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    total = 0.0
+    for pid, seconds in times.items():
+        walk, hops = pid, 0
+        while walk > 1 and walk != root and hops < 64:  # bounded: /proc may change under us
+            walk, hops = parents.get(walk, 0), hops + 1
+        if walk == root:
+            total += seconds
+    return total
+
+
+def machine_busy_seconds() -> tuple[float, float]:
+    """(busy CPU seconds of all cores, wall seconds of all cores) since boot, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    tick = os.sysconf("SC_CLK_TCK")
+    return (sum(values) - idle) / tick, sum(values) / tick / (os.cpu_count() or 1)
 
 
 if __name__ == "__main__":
