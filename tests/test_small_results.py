@@ -158,3 +158,17 @@ def test_the_database_log_shows_copy_only_for_unbounded_results(postgres: Postgr
     assert statements["bounded"] and not any("COPY" in line for line in statements["bounded"]), statements
     assert statements["just_over"] and all("COPY" in line for line in statements["just_over"]), statements
     assert statements["unbounded"] and all("COPY" in line for line in statements["unbounded"]), statements
+
+
+def test_composites_take_the_same_fallback_on_the_whole_result_path(executor: PostgresExecutor, pg_dsn: str) -> None:
+    import psycopg
+
+    with psycopg.connect(pg_dsn, autocommit=True) as con:
+        con.execute("CREATE TABLE customers (id int, name text)")
+        con.execute("INSERT INTO customers VALUES (1, 'a'), (2, 'b')")
+    limits, stop = Limits(statement_timeout_ms=10_000), threading.Event()
+    for query in ("SELECT c FROM customers c ORDER BY id LIMIT 5", "SELECT id, ROW(id, name) AS r FROM customers ORDER BY id LIMIT 2"):
+        streamed = _table(executor.run(query, (), limits, stop, returns_rows=True, retry_safe=True))
+        whole = _table(executor.run(query, (), limits, stop, returns_rows=True, retry_safe=True, row_bound=5))
+        assert whole.equals(streamed) and whole.schema.equals(streamed.schema), query
+        assert '"name": "b"' in str(whole.to_pylist()) or '"f2": "b"' in str(whole.to_pylist()), whole.to_pylist()
