@@ -190,7 +190,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--queries", type=int, default=400)
     ap.add_argument("--distinct", action="store_true", help="a new statement shape every query (cold analysis cache)")
-    ap.add_argument("--limit", type=int, metavar="N", help="end the query with LIMIT N (N <= 100: a small result PostgreSQL returns whole, without COPY)")
+    ap.add_argument("--limit", type=int, metavar="N", help="end the query with LIMIT N (LIMIT 1: a one-row result, read whole instead of through COPY)")
     ap.add_argument("--no-context", action="store_true", help="send no kernel context (by default each query carries the session id and a new cell run id, as the kernel's do)")
     ap.add_argument("--py-spy-all", action="store_true", help="with --py-spy: sample every thread that runs, not only the GIL holder")
     ap.add_argument("--py-spy", metavar="FILE", help="also sample the gateway's GIL holder with py-spy (if installed) into FILE (collapsed stacks)")

@@ -269,11 +269,12 @@ def _duckdb_cardinality(node: Any) -> int | None:
 
 
 # A result of at most this many rows (as the analysis proves it) is read with a plain
-# query instead of COPY: the whole result is buffered in libpq, which is cheaper for a
-# few rows (1 row: 0.09 vs 0.22 ms; 100 rows of 11 columns: 0.30 vs 0.41 ms) and
-# slower from about a thousand on. Same Arrow types and values either way (a test
-# compares them type by type).
-WHOLE_RESULT_ROWS: Final = 100
+# query instead of COPY: cheaper (1 row: 0.12 vs 0.28 ms, half of PostgreSQL's CPU),
+# same Arrow types and values (a test compares them type by type). The whole result is
+# buffered in libpq, so only one row: COPY must hold a whole row too, but reading 100
+# rows whole would let one query hold 100 rows of up to 1 GB each (streamed, they come
+# a batch at a time and max_bytes stops them).
+WHOLE_RESULT_ROWS: Final = 1
 _USE_COPY: Final = "adbc.postgresql.use_copy"
 
 
