@@ -39,6 +39,7 @@ from bench_data import BIG_SQL, seed  # noqa: E402
 from gateway_harness import GatewayProcess  # noqa: E402
 from oidc_issuer import OIDCIssuer  # noqa: E402
 from pgserver import PostgresServer  # noqa: E402
+from proc_stat import machine_busy_seconds, tree_cpu_seconds  # noqa: E402
 from warden.gateway.client import GatewayClient  # noqa: E402
 
 
@@ -240,38 +241,6 @@ def small_wrk(gw: GatewayProcess, token: str, args: argparse.Namespace, work: Pa
     print(f"CPU per query (process trees, from /proc): gateway {cpu['gateway'] / queries * 1000:.2f} ms "
           f"(all workers), PostgreSQL {cpu['PostgreSQL'] / queries * 1000:.2f} ms (queries and audit); "
           f"the machine was busy {busy / elapsed:.2f} of {os.cpu_count()} cores")  # fmt: skip
-
-
-def tree_cpu_seconds(root: int) -> float:
-    """User + system CPU seconds of ``root`` and every process below it (live ones)."""
-    parents: dict[int, int] = {}
-    times: dict[int, float] = {}
-    tick = os.sysconf("SC_CLK_TCK")
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # exited meanwhile
-        parents[int(entry.name)] = int(fields[1])
-        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
-    total = 0.0
-    for pid, seconds in times.items():
-        walk, hops = pid, 0
-        while walk > 1 and walk != root and hops < 64:  # bounded: /proc may change under us
-            walk, hops = parents.get(walk, 0), hops + 1
-        if walk == root:
-            total += seconds
-    return total
-
-
-def machine_busy_seconds() -> tuple[float, float]:
-    """(busy CPU seconds of all cores, wall seconds of all cores) since boot, from /proc/stat."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = values[3] + values[4]  # idle + iowait
-    tick = os.sysconf("SC_CLK_TCK")
-    return (sum(values) - idle) / tick, sum(values) / tick / (os.cpu_count() or 1)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "kernel"))
 
+from proc_stat import cpu_seconds_of  # noqa: E402
+
 # ---------------------------------------------------------------------------- in the gateway
 
 _totals: dict[str, float] = defaultdict(float)
@@ -164,7 +166,7 @@ def _serve(config: str) -> None:
 
 
 def _cpu_seconds(pid: int) -> float:
-    return sum(_cpu_seconds_of(Path(f"/proc/{pid}/stat")))
+    return sum(cpu_seconds_of(Path(f"/proc/{pid}/stat")))
 
 
 def _thread_cpu(pid: int) -> dict[int, tuple[float, float]]:
@@ -172,15 +174,8 @@ def _thread_cpu(pid: int) -> dict[int, tuple[float, float]]:
     result: dict[int, tuple[float, float]] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         with contextlib.suppress(OSError):
-            result[int(task.name)] = _cpu_seconds_of(task / "stat")
+            result[int(task.name)] = cpu_seconds_of(task / "stat")
     return result
-
-
-def _cpu_seconds_of(stat: Path) -> tuple[float, float]:
-    """(user, system) CPU seconds from a /proc stat file (a process's or a thread's)."""
-    fields = stat.read_text().rsplit(")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def main() -> None:
