@@ -20,7 +20,10 @@ def cpu_seconds_of(stat: Path) -> tuple[float, float]:
 
 
 def tree_cpu_seconds(root: int) -> float:
-    """User + system CPU seconds of ``root`` and every live process below it."""
+    """User + system CPU seconds of ``root`` and every live process below it, plus
+    what their children that have already exited and been reaped used (cutime and
+    cstime): PostgreSQL's backends end with their connections, and without those the
+    tree's total would fall between two readings."""
     parents: dict[int, int] = {}
     times: dict[int, float] = {}
     for entry in Path("/proc").iterdir():
@@ -32,7 +35,7 @@ def tree_cpu_seconds(root: int) -> float:
             continue  # exited meanwhile
         tick = os.sysconf("SC_CLK_TCK")
         parents[int(entry.name)] = int(fields[1])
-        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+        times[int(entry.name)] = (int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])) / tick
     total = 0.0
     for pid, seconds in times.items():
         walk, hops = pid, 0

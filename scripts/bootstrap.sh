@@ -10,13 +10,17 @@ fi
 stamp=.venv/.warden-installed
 # Reinstalled when the metadata or the C extension (built by the editable install) changed.
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ] \
-  || [ kernel/warden/masking/_native.c -nt "$stamp" ]; then
+  || [ kernel/warden/masking/_native.c -nt "$stamp" ] || [ kernel/warden/gateway/_pgcopy.c -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q -e '.[dev]' 2>&1 | grep -v '^WARNING: Location' || true
   .venv/bin/python -c 'import warden, sqlglot, duckdb, pyarrow, psycopg' 
   # Optional: without a C compiler the install succeeds and masking takes its pure paths.
   if ! .venv/bin/python -c 'from warden.masking import _native' 2>/dev/null; then
     echo "bootstrap: WARNING: the C extension warden.masking._native was not built (no C" \
       "compiler or Python headers?); hash and email masks run on the slower pure paths" >&2
+  fi
+  if ! .venv/bin/python -c 'from warden.gateway import _pgcopy' 2>/dev/null; then
+    echo "bootstrap: WARNING: the C extension warden.gateway._pgcopy was not built (no libpq" \
+      "headers? apt-get install libpq-dev); PostgreSQL results are all read through ADBC" >&2
   fi
   touch "$stamp"
 fi

@@ -29,12 +29,17 @@ have_npm() { command -v npm >/dev/null 2>&1; }
 # with Playwright; the browser comes from Debian, never from `playwright install`).
 have_chromium() { [[ -x /usr/bin/chromium ]]; }
 
+# libpq's headers, for the C extension warden.gateway._pgcopy (PostgreSQL's binary COPY
+# decoded into Arrow; without it every PostgreSQL result is read through ADBC).
+have_libpq_dev() { [[ -f /usr/include/postgresql/libpq-fe.h ]] || command -v pg_config >/dev/null 2>&1; }
+
 # "<check function>:<apt package>", one per dependency.
 DEPS=(
     "have_postgres_server:postgresql"
     "have_node:nodejs"
     "have_npm:npm"
     "have_chromium:chromium"
+    "have_libpq_dev:libpq-dev"
 )
 
 missing=()

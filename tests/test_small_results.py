@@ -17,12 +17,11 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Iterator
-from typing import Any
 
-import pyarrow as pa
 import pytest
 from psycopg import sql as pgsql
 
+from arrow_results import read_table
 from pgserver import PostgresServer
 from warden.gateway.execute import WHOLE_RESULT_ROWS, Limits, PostgresExecutor
 from warden.sql.analyze import analyze_cell
@@ -89,14 +88,7 @@ TYPED = [
 ]  # fmt: skip
 
 
-def _table(result: Any) -> pa.Table:
-    try:
-        batches = list(result.batches)
-    finally:
-        if result.close is not None:
-            result.close()
-    assert result.schema is not None
-    return pa.Table.from_batches(batches, schema=result.schema)
+_table = read_table
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from typing import Any, Final
 import pyarrow as pa
 
 from warden.errors import WardenError
+from warden.gateway import copy_read
 from warden.gateway.errors_redact import redact_db_error
 
 
@@ -298,6 +299,11 @@ class PostgresExecutor(Executor):
         # At most ``result_connections`` result streams at once; more requests wait
         # for one (opening a connection per request would cost more than waiting).
         self._adbc_slots = threading.BoundedSemaphore(result_connections)
+        # Plain reads whose columns the C COPY decoder knows (copy_read): its own libpq
+        # connections, counted in the same slots as ADBC's.
+        self._copy_module = copy_read.module()
+        self._copy: list[Any] = []
+        self._copy_unsupported = copy_read.UnsupportedShapes()
         self._applied: dict[int, tuple[int, str, Session]] = {}  # id(connection) -> session limits set
         # Row descriptions of recent statements (describe_origins): a repeated query costs
         # no round trip. Short-lived, like the catalog the analysis used.
@@ -310,11 +316,9 @@ class PostgresExecutor(Executor):
     def _adbc_get(self) -> Any:
         import adbc_driver_postgresql.dbapi as adbc
 
-        if not self._adbc_slots.acquire(timeout=60):
-            raise ExecutionError("all database connections are busy; try again shortly", code="busy")
-        with self._adbc_lock:
-            if self._adbc:
-                return self._adbc.pop()
+        idle = self._checkout(self._adbc, self._copy)
+        if idle is not None:
+            return idle
         try:
             # Autocommit: each statement is its own transaction, so a failed query never
             # leaves the pooled session in an aborted transaction, and session settings
@@ -324,7 +328,45 @@ class PostgresExecutor(Executor):
             self._adbc_slots.release()
             raise
 
+    def _copy_get(self) -> Any:
+        assert self._copy_module is not None
+        idle = self._checkout(self._copy, self._adbc)
+        if idle is not None:
+            return idle
+        try:
+            return self._copy_module.CopyConnection(self._dsn)
+        except self._copy_module.PgError as exc:
+            self._adbc_slots.release()
+            raise ExecutionError(_pg_message(exc), code="unavailable") from None
+        except BaseException:
+            self._adbc_slots.release()
+            raise
+
+    def _checkout(self, mine: list[Any], other: list[Any]) -> Any:
+        """Take a result slot, then an idle connection of this kind, or None to open
+        one: an idle one of the other kind is closed first, so the result connections
+        open at once stay within ``result_connections``."""
+        if not self._adbc_slots.acquire(timeout=60):
+            raise ExecutionError("all database connections are busy; try again shortly", code="busy")
+        victim = None
+        with self._adbc_lock:
+            if mine:
+                return mine.pop()
+            if other:
+                victim = other.pop(0)
+                self._applied.pop(id(victim), None)
+        if victim is not None:
+            with contextlib.suppress(Exception):
+                victim.close()
+        return None
+
+    def _copy_put(self, con: Any, *, broken: bool) -> None:
+        self._put(self._copy, con, broken=broken or not con.ok)
+
     def _adbc_put(self, con: Any, *, broken: bool) -> None:
+        self._put(self._adbc, con, broken=broken)
+
+    def _put(self, idle: list[Any], con: Any, *, broken: bool) -> None:
         try:
             if broken:
                 # Forget its session settings: a new connection may reuse the id.
@@ -333,7 +375,7 @@ class PostgresExecutor(Executor):
                     con.close()
                 return
             with self._adbc_lock:
-                self._adbc.append(con)
+                idle.append(con)
         finally:
             self._adbc_slots.release()
 
@@ -367,19 +409,13 @@ class PostgresExecutor(Executor):
         query, not COPY), which saves PostgreSQL and the driver most of a COPY's setup."""
         import adbc_driver_manager
 
-        wanted = (int(limits.statement_timeout_ms), "on" if limits.read_only else "off", session)
-        setup = (
-            "SELECT set_config('statement_timeout', '{}', false), "
-            "set_config('default_transaction_read_only', '{}', false)".format(*wanted[:2])
-        )
-        # The cell's session (search path, settings) is this connection's session
-        # until the next statement that wants another: RESET ALL first, so nothing
-        # of an earlier cell's SET survives on the pooled connection.
-        assignments = session.pg_assignments()
-        if assignments:
-            setup += "".join(
-                ", set_config('{}', '{}', false)".format(n.replace("'", "''"), v.replace("'", "''")) for n, v in assignments
-            )
+        wanted, setup = _session_setup(limits, session)
+        if not whole and not params and retry_safe and self._copy_module is not None:
+            text = copy_read.copy_text(sql)
+            if text is not None and text not in self._copy_unsupported:
+                copied = self._copy_query(text, cancel, wanted, setup)
+                if copied is not None:
+                    return copied
         # Session limits are set once per pooled connection (and again when they
         # change). A pooled connection may have died (server restarted): a failure
         # before the user's SQL was sent, or of a read-only statement, is retried once
@@ -454,6 +490,66 @@ class PostgresExecutor(Executor):
             self._adbc_put(con, broken=done["broken"] or cancel.is_set())
 
         return StatementResult(reader.schema, batches(), close=close)
+
+    def _copy_query(self, text: str, cancel: threading.Event, wanted: tuple[int, str, Session], setup: str) -> StatementResult | None:
+        """A plain read through the C COPY decoder (copy_read), or None when a column's
+        type is one it does not decode (then ADBC reads it; nothing ran yet)."""
+        assert self._copy_module is not None
+        pg_error = self._copy_module.PgError
+        for attempt in (1, 2):
+            con = self._copy_get()
+            sent = set_up = False
+            watcher: _Watcher | None = None
+            try:
+                if self._applied.get(id(con)) != wanted:
+                    con.execute("RESET ALL; " + setup)
+                    self._applied[id(con)] = wanted
+                set_up = True
+                # The row description on this connection, right before the COPY: the
+                # decoder's types are the ones the statement has now.
+                planned = copy_read.plan(con.describe(text))
+                if planned is None:
+                    self._copy_unsupported.add(text)
+                    self._copy_put(con, broken=False)
+                    return None
+                kinds, schema = planned
+                watcher = _Watcher(cancel, con.cancel)  # the server enforces statement_timeout
+                sent = True
+                con.start(text)
+                break
+            except pg_error as exc:
+                if watcher is not None:
+                    watcher.stop()
+                lost = _connection_lost(exc)
+                self._copy_put(con, broken=lost or not con.ok)
+                if attempt == 1 and lost and not cancel.is_set():
+                    continue  # a plain read: safe to send again on a fresh connection
+                if not set_up or (not sent and lost):
+                    raise ExecutionError(_pg_message(exc), code="unavailable") from None
+                raise _pg_error(exc, cancel) from None
+        assert watcher is not None
+        done = {"broken": False}
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            try:
+                while True:
+                    if cancel.is_set():
+                        raise Cancelled()
+                    got = con.read(kinds, copy_read.BATCH_ROWS, copy_read.BATCH_BYTES)
+                    if got is None:
+                        return
+                    yield copy_read.record_batch(schema, *got)
+            except pg_error as exc:
+                done["broken"] = True
+                raise _pg_error(exc, cancel) from None
+
+        def close() -> None:
+            watcher.stop()
+            # A COPY read to its end leaves the connection ready (``ok``); one stopped
+            # early (an error, a cancel, max_rows) is closed, which ends the statement.
+            self._copy_put(con, broken=done["broken"] or cancel.is_set())
+
+        return StatementResult(schema, batches(), close=close)
 
     def _query_text(
         self, sql: str, params: Sequence[Any], limits: Limits, cancel: threading.Event, adbc_schema: pa.Schema,
@@ -687,10 +783,11 @@ class PostgresExecutor(Executor):
         with contextlib.suppress(Exception):
             self._pool.close()
         with self._adbc_lock:
-            for con in self._adbc:
+            for con in [*self._adbc, *self._copy]:
                 with contextlib.suppress(Exception):
                     con.close()
             self._adbc.clear()
+            self._copy.clear()
             self._applied.clear()
 
 
@@ -815,6 +912,24 @@ def parse_record(text: str) -> list[str | None]:
         if i >= n:
             return fields
         i += 1  # the comma
+
+
+def _session_setup(limits: Limits, session: Session) -> tuple[tuple[int, str, Session], str]:
+    """The session limits a pooled connection must have, and the statement that sets
+    them (after a RESET ALL: nothing of an earlier cell's SET survives on it)."""
+    wanted = (int(limits.statement_timeout_ms), "on" if limits.read_only else "off", session)
+    setup = (
+        "SELECT set_config('statement_timeout', '{}', false), "
+        "set_config('default_transaction_read_only', '{}', false)".format(*wanted[:2])
+    )
+    # The cell's session (search path, settings) is this connection's session until
+    # the next statement that wants another.
+    assignments = session.pg_assignments()
+    if assignments:
+        setup += "".join(
+            ", set_config('{}', '{}', false)".format(n.replace("'", "''"), v.replace("'", "''")) for n, v in assignments
+        )
+    return wanted, setup
 
 
 def _returns_rows(sql: str) -> bool:
