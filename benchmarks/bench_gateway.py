@@ -65,6 +65,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                     help="gateway worker processes (default: one per core; > 1 puts the audit on PostgreSQL)")
     ap.add_argument("--skip-bulk", action="store_true", help="only the small-query part")
+    ap.add_argument("--skip-small", action="store_true", help="only the 1M-row part")
     args = ap.parse_args()
 
     with PostgresServer() as pg, OIDCIssuer(audience="warden") as issuer, tempfile.TemporaryDirectory() as tmp:
@@ -96,6 +97,8 @@ def main() -> None:
         try:
             if not args.skip_bulk:
                 bulk(dsn, gw, token, args)
+            if args.skip_small:
+                return
             small(gw, token, args)
             if shutil.which("wrk"):
                 small_wrk(gw, token, args, work, pg.pid or -1)

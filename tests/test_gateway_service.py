@@ -291,3 +291,38 @@ def test_frame_views_read_frames_cut_anywhere() -> None:
         with pytest.raises(EOFError):
             list(frame_views([body[:end]]))
     assert list(frame_views([])) == []
+
+
+def test_the_arrow_stream_assembler_reads_any_framing_as_one_stream() -> None:
+    """A statement's A frames become the same table whether each holds whole IPC
+    messages (what the gateway sends: decoded as they arrive, zero-copy at the end),
+    a message split anywhere, or dictionary messages; no frame at all is no table."""
+    import random
+
+    import pyarrow as pa
+
+    from warden.gateway.frames import ArrowStreamAssembler, ArrowStreamPieces
+
+    plain = pa.table({"id": pa.array([1, None, 3] * 1000), "s": pa.array(["a", "bb", None] * 1000)})
+    coded = pa.table({"d": pa.array(["x", "y", "x"] * 100).dictionary_encode(), "n": pa.array(range(300))})
+    empty = plain.schema.empty_table()
+    rng = random.Random(11)
+    for table in (plain, coded, empty):
+        pieces = ArrowStreamPieces()
+        payloads = [bytes(p) for b in table.to_batches(max_chunksize=700) for p in pieces.add(b)] + [bytes(p) for p in pieces.close(table.schema)]
+        whole = b"".join(payloads)
+        framings = [payloads, [whole]] + [
+            [whole[a:b] for a, b in zip([0, *cuts], [*cuts, len(whole)], strict=True)]
+            for cuts in (sorted(rng.sample(range(1, len(whole)), rng.randint(1, 30))) for _ in range(10))
+        ]
+        for frames in framings:
+            assembler = ArrowStreamAssembler()
+            for f in frames:
+                # A frame's payload arrives as one or more views (HTTP chunks).
+                cut = rng.randint(0, len(f))
+                assembler.add([memoryview(f[:cut]), memoryview(f[cut:])] if cut else [memoryview(f)])
+            got = assembler.table()
+            assert got is not None and got.equals(table) and got.schema.equals(table.schema, check_metadata=True)
+            if frames is payloads:  # the gateway's framing: decoded as it came, unless dictionaries
+                assert assembler._general == (table is coded)
+    assert ArrowStreamAssembler().table() is None

@@ -64,6 +64,8 @@ def module() -> ModuleType | None:
 def copy_text(sql: str) -> str | None:
     """The statement as the inside of ``COPY (...)``: without a trailing semicolon.
     None when it cannot be one (not a query that COPY wraps)."""
+    if "\x00" in sql:
+        return None  # C strings end at a NUL: never let libpq see less than was analysed
     text = sql.strip()
     while text.endswith(";"):
         text = text[:-1].rstrip()

@@ -97,6 +97,54 @@ class ArrowStreamPieces:
         return [chunk] if chunk else []
 
 
+class ArrowStreamAssembler:
+    """A statement's Arrow IPC stream, read back from its ``A`` frames as they arrive.
+
+    The gateway sends whole IPC messages per frame, so each frame is decoded when it
+    comes (one copy of that frame, while the rest is still on the wire) and the table
+    at the end is its batches, zero-copy: nothing of a large result is left to copy
+    after its last byte. Any other framing (a message split over frames, dictionaries)
+    is read the general way at the end: all frames joined, then one stream reader."""
+
+    def __init__(self) -> None:
+        self._frames: list[pa.Buffer] = []
+        self._schema: pa.Schema | None = None
+        self._batches: list[pa.RecordBatch] = []
+        self._general = False
+
+    def add(self, pieces: list[memoryview]) -> None:
+        frame = pa.py_buffer(pieces[0] if len(pieces) == 1 else b"".join(pieces))
+        self._frames.append(frame)
+        if not self._general:
+            try:
+                self._decode(frame)
+            except (pa.ArrowException, OSError, ValueError):
+                self._general = True
+
+    def _decode(self, frame: pa.Buffer) -> None:
+        messages = pa.ipc.MessageReader.open_stream(frame)
+        while True:
+            try:
+                message = messages.read_next_message()
+            except StopIteration:
+                return
+            if message.type == "schema" and self._schema is None:
+                self._schema = pa.ipc.read_schema(message)
+            elif message.type == "record batch" and self._schema is not None:
+                self._batches.append(pa.ipc.read_record_batch(message, self._schema))
+            else:
+                self._general = True
+                return
+
+    def table(self) -> pa.Table | None:
+        """The statement's table (None when no frame came)."""
+        if not self._frames:
+            return None
+        if self._general or self._schema is None:
+            return pa.ipc.open_stream(pa.py_buffer(b"".join(self._frames))).read_all()
+        return pa.Table.from_batches(self._batches, schema=self._schema)
+
+
 def _has_dictionary(schema: pa.Schema) -> bool:
     def walk(t: Any) -> bool:
         if pa.types.is_dictionary(t):

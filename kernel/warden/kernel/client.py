@@ -23,7 +23,6 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import httpx
-import pyarrow as pa
 
 from warden.gateway.client import (
     CellResult,
@@ -36,7 +35,7 @@ from warden.gateway.client import (
     cell_body,
     raise_for_response,
 )
-from warden.gateway.frames import frame_views
+from warden.gateway.frames import ArrowStreamAssembler, frame_views
 from warden.kernel.tokens import Endpoint, TokenSource
 
 
@@ -315,12 +314,12 @@ class CellStream:
         statements: list[StatementResult] = []
         current: StatementResult | None = None
         current_meta: dict[str, Any] = {}
-        parts: list[memoryview] = []  # the statement's Arrow stream (views), joined once at its end
+        parts = ArrowStreamAssembler()  # the statement's Arrow stream, decoded as it comes
         failure: QueryFailed | None = None
         try:
             for kind, pieces in frame_views(chunks):
                 if kind == b"A":
-                    parts.extend(pieces)
+                    parts.add(pieces)
                     self.received += sum(p.nbytes for p in pieces)
                     self.state = "fetching"
                     continue
@@ -334,12 +333,11 @@ class CellStream:
                     meta = json.loads(payload)
                     current = StatementResult(meta["index"], meta["kind"], None, meta.get("masks", []))
                     current_meta = meta
-                    parts = []
+                    parts = ArrowStreamAssembler()
                 elif kind == b"E":
                     end = json.loads(payload)
                     if current is not None:
-                        if parts:
-                            current.table = pa.ipc.open_stream(pa.py_buffer(b"".join(parts))).read_all()
+                        current.table = parts.table()
                         current.rows, current.truncated = end.get("rows", 0), bool(end.get("truncated"))
                         current.rowcount = end.get("rowcount", -1)
                         current.detectors = list(end.get("detectors", []) or [])
@@ -347,7 +345,7 @@ class CellStream:
                         self.statement_meta[current.index] = {**current_meta, **extras}
                         statements.append(current)
                         self.rows += current.rows
-                    current, parts = None, []
+                    current, parts = None, ArrowStreamAssembler()
                 elif kind == b"X":
                     err = json.loads(payload)
                     failure = QueryFailed(err.get("message", "the query failed"), code=err.get("code", "failed"), body=err)
