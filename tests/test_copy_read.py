@@ -249,6 +249,14 @@ def test_the_decoder_refuses_rows_that_do_not_match_its_kinds(pg_dsn: str) -> No
         for bad in ((), (9,), (-1,)):
             with pytest.raises(ValueError):
                 con.read(bad, 100, 1 << 20)
+        con.close()
+        con = pgcopy.CopyConnection(pg_dsn)
+        # A NUL would end the C string early: libpq would run less than was analysed.
+        with pytest.raises(ValueError, match="NUL"):
+            con.describe("SELECT 1 AS a\x00; DROP TABLE x")
+        with pytest.raises(TypeError):
+            con.start(5)  # type: ignore[arg-type]
+        assert con.describe("SELECT 1 AS a") == [("a", 23)]
     finally:
         con.close()
     with pytest.raises(pgcopy.PgError):

@@ -192,6 +192,28 @@ static int check_open(CopyConnection *self) {
     return 0;
 }
 
+/* The UTF-8 text of a statement for an idle connection, or NULL with an exception
+   (not a str, a NUL inside: libpq would read less than the caller analysed). */
+static const char *sql_text(CopyConnection *self, PyObject *arg) {
+    if (check_open(self) < 0)
+        return NULL;
+    if (self->copying) {
+        PyErr_SetString(PgError, "a COPY is in progress on this connection");
+        return NULL;
+    }
+    if (!PyUnicode_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "the SQL text must be a str");
+        return NULL;
+    }
+    Py_ssize_t size;
+    const char *text = PyUnicode_AsUTF8AndSize(arg, &size);
+    if (text != NULL && strlen(text) != (size_t)size) {
+        PyErr_SetString(PyExc_ValueError, "the SQL text holds a NUL character");
+        return NULL;
+    }
+    return text;
+}
+
 static int CopyConnection_init(CopyConnection *self, PyObject *args, PyObject *kwds) {
     const char *conninfo;
     static char *kwlist[] = {"conninfo", NULL};
@@ -260,13 +282,7 @@ static PGresult *drain_results(PGconn *conn) {
 }
 
 static PyObject *CopyConnection_execute(CopyConnection *self, PyObject *arg) {
-    if (check_open(self) < 0)
-        return NULL;
-    if (self->copying) {
-        PyErr_SetString(PgError, "a COPY is in progress on this connection");
-        return NULL;
-    }
-    const char *sql = PyUnicode_AsUTF8(arg);
+    const char *sql = sql_text(self, arg);
     if (sql == NULL)
         return NULL;
     int sent;
@@ -287,13 +303,7 @@ static PyObject *CopyConnection_execute(CopyConnection *self, PyObject *arg) {
 }
 
 static PyObject *CopyConnection_describe(CopyConnection *self, PyObject *arg) {
-    if (check_open(self) < 0)
-        return NULL;
-    if (self->copying) {
-        PyErr_SetString(PgError, "a COPY is in progress on this connection");
-        return NULL;
-    }
-    const char *sql = PyUnicode_AsUTF8(arg);
+    const char *sql = sql_text(self, arg);
     if (sql == NULL)
         return NULL;
     PGresult *prepared, *described = NULL;
@@ -328,12 +338,8 @@ static PyObject *CopyConnection_describe(CopyConnection *self, PyObject *arg) {
 }
 
 static PyObject *CopyConnection_start(CopyConnection *self, PyObject *arg) {
-    if (check_open(self) < 0)
+    if (sql_text(self, arg) == NULL)
         return NULL;
-    if (self->copying) {
-        PyErr_SetString(PgError, "a COPY is in progress on this connection");
-        return NULL;
-    }
     PyObject *command = PyUnicode_FromFormat("COPY (%U\n) TO STDOUT (FORMAT BINARY)", arg);
     if (command == NULL)
         return NULL;
