@@ -9,7 +9,7 @@
  *   CopyConnection(conninfo)
  *     .execute(sql)            run statements, results discarded (session set-up)
  *     .describe(sql)           Parse + Describe of one statement (nothing runs):
- *                              [(name, type oid), ...]
+ *                              [(name, type oid, type modifier), ...]
  *     .start(sql)              COPY (sql) TO STDOUT (FORMAT BINARY)
  *     .read(kinds, max_rows, max_bytes)
  *                              the next batch: (rows, [(validity | None, nulls,
@@ -25,7 +25,8 @@
  *
  * Kinds (one per column): 0 bool, 1 int16, 2 int32, 3 int64, 4 float32, 5 float64,
  * 6 variable-length bytes (text, varchar, bpchar, name, bytea: int32 offsets), 7 date
- * (days since 1970), 8 timestamp (microseconds since 1970).
+ * (days since 1970), 8 timestamp (microseconds since 1970), 9 numeric (as text, spelled
+ * like PostgreSQL's numeric_out except NaN and infinities: nan, inf, -inf, as ADBC does).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -45,13 +46,17 @@
 #define KIND_BYTES 6
 #define KIND_DATE 7
 #define KIND_TIMESTAMP 8
-#define KIND_COUNT 9
+#define KIND_NUMERIC 9
+#define KIND_COUNT 10
 
 /* PostgreSQL's epoch (2000-01-01) in Unix days and microseconds. */
 #define PG_EPOCH_DAYS 10957
 #define PG_EPOCH_US INT64_C(946684800000000)
 
-static const int kFixedWidth[KIND_COUNT] = {1, 2, 4, 8, 4, 8, -1, 4, 8};
+static const int kFixedWidth[KIND_COUNT] = {1, 2, 4, 8, 4, 8, -1, 4, 8, -1};
+
+/* Kinds whose values are variable-length (int32 offsets + bytes). */
+static inline int kind_is_var(int kind) { return kind == KIND_BYTES || kind == KIND_NUMERIC; }
 static const char kSignature[11] = {'P', 'G', 'C', 'O', 'P', 'Y', '\n', '\377', '\r', '\n', '\0'};
 
 static PyObject *PgError;
@@ -327,7 +332,7 @@ static PyObject *CopyConnection_describe(CopyConnection *self, PyObject *arg) {
     PyObject *out = PyList_New(n);
     for (int i = 0; out != NULL && i < n; i++) {
         const char *name = PQfname(described, i);
-        PyObject *item = Py_BuildValue("(s#I)", name, (Py_ssize_t)strlen(name), (unsigned int)PQftype(described, i));
+        PyObject *item = Py_BuildValue("(s#Ii)", name, (Py_ssize_t)strlen(name), (unsigned int)PQftype(described, i), PQfmod(described, i));
         if (item == NULL)
             Py_CLEAR(out);
         else
@@ -390,6 +395,98 @@ typedef struct {
     PGresult *failure;
     int lost;          /* 1: libpq reported an error (-2): connection text */
 } ReadStatus;
+
+/* Four decimal digits of a base-10000 digit; the first group of the integer part
+   without leading zeros (numeric_out's get_str_from_var). */
+static inline char *put_group(char *cp, int dig, int first) {
+    int putit = !first, d1;
+    d1 = dig / 1000;
+    dig -= d1 * 1000;
+    putit |= (d1 > 0);
+    if (putit)
+        *cp++ = (char)(d1 + '0');
+    d1 = dig / 100;
+    dig -= d1 * 100;
+    putit |= (d1 > 0);
+    if (putit)
+        *cp++ = (char)(d1 + '0');
+    d1 = dig / 10;
+    dig -= d1 * 10;
+    putit |= (d1 > 0);
+    if (putit)
+        *cp++ = (char)(d1 + '0');
+    *cp++ = (char)(dig + '0');
+    return cp;
+}
+
+/* A binary numeric (ndigits, weight, sign, dscale, base-10000 digits) as text. */
+static int append_numeric(Column *c, const char *p, int32_t len, const char **error) {
+    if (len < 8) {
+        *error = "a numeric field is shorter than its header";
+        return -1;
+    }
+    int ndigits = (int16_t)be16(p), weight = (int16_t)be16(p + 2), dscale = (int16_t)be16(p + 6);
+    uint16_t sign = be16(p + 4);
+    const char *digits = p + 8;
+    if (ndigits < 0 || dscale < 0 || len != 8 + 2 * ndigits) {
+        *error = "a numeric field does not have the length its header gives";
+        return -1;
+    }
+    for (int i = 0; i < ndigits; i++) {
+        if (be16(digits + 2 * i) > 9999) {
+            *error = "a numeric digit is out of range";
+            return -1;
+        }
+    }
+    const char *special = sign == 0xC000 ? "nan" : sign == 0xD000 ? "inf" : sign == 0xF000 ? "-inf" : NULL;
+    if (special == NULL && sign != 0x0000 && sign != 0x4000) {
+        *error = "a numeric field has an unknown sign";
+        return -1;
+    }
+    /* Enough for the sign, the integer part, the point and the fraction (whose last
+       group may be written whole before the cut). */
+    size_t most = 6 + (weight >= 0 ? ((size_t)weight + 1) * 4 : 1) + (size_t)dscale + 4;
+    if (bytes_reserve(&c->values, most) < 0) {
+        *error = "out of memory";
+        return -1;
+    }
+    char *out = c->values.buf + c->values.len, *cp = out;
+    if (special != NULL) {
+        size_t n = strlen(special);
+        memcpy(cp, special, n);
+        cp += n;
+    } else {
+        if (sign == 0x4000)
+            *cp++ = '-';
+        int d;
+        if (weight < 0) {
+            d = weight + 1;
+            *cp++ = '0';
+        } else {
+            for (d = 0; d <= weight; d++)
+                cp = put_group(cp, d < ndigits ? be16(digits + 2 * d) : 0, d == 0);
+        }
+        if (dscale > 0) {
+            *cp++ = '.';
+            char *end = cp + dscale;
+            for (int i = 0; i < dscale; d++, i += 4)
+                cp = put_group(cp, (d >= 0 && d < ndigits) ? be16(digits + 2 * d) : 0, 0);
+            cp = end;
+        }
+    }
+    size_t total = c->values.len + (size_t)(cp - out);
+    if (total > (size_t)INT32_MAX) {
+        *error = "a COPY batch holds more than 2 GiB of text";
+        return -1;
+    }
+    c->values.len = total;
+    int32_t off = (int32_t)total;
+    if (bytes_append(&c->offsets, &off, 4) < 0) {
+        *error = "out of memory";
+        return -1;
+    }
+    return 0;
+}
 
 /* Decode one tuple starting at *p (field count already read as nf). */
 static int decode_tuple(const char **pp, const char *end, int ncols, Column *cols, int64_t row, const char **error) {
@@ -481,6 +578,10 @@ static int decode_tuple(const char **pp, const char *end, int ncols, Column *col
             if (bytes_append(&c->values, p, (size_t)len) < 0 || bytes_append(&c->offsets, &off, 4) < 0) goto oom;
             break;
         }
+        case KIND_NUMERIC:
+            if (append_numeric(c, p, len, error) < 0)
+                return -1;
+            break;
         default:
             *error = "an unknown column kind";
             return -1;
@@ -596,7 +697,7 @@ static PyObject *column_result(Column *c, int64_t rows) {
     } else {
         validity = Py_NewRef(Py_None);
     }
-    if (c->kind == KIND_BYTES) {
+    if (kind_is_var(c->kind)) {
         offsets = block_take(&c->offsets.buf, (Py_ssize_t)c->offsets.len);
         if (offsets == NULL)
             goto fail;
@@ -672,7 +773,7 @@ static PyObject *CopyConnection_read(CopyConnection *self, PyObject *args) {
         goto done;
     for (Py_ssize_t i = 0; i < ncols; i++) {
         Column *c = &cols[i];
-        if (c->kind == KIND_BYTES) {
+        if (kind_is_var(c->kind)) {
             if (bytes_reserve(&c->offsets, 4) < 0) {
                 Py_DECREF(columns);
                 PyErr_NoMemory();
@@ -726,7 +827,7 @@ static PyObject *CopyConnection_get_ok(CopyConnection *self, void *Py_UNUSED(clo
 
 static PyMethodDef CopyConnection_methods[] = {
     {"execute", (PyCFunction)CopyConnection_execute, METH_O, "Run statements; their results are discarded."},
-    {"describe", (PyCFunction)CopyConnection_describe, METH_O, "[(name, type oid)] of one statement's result."},
+    {"describe", (PyCFunction)CopyConnection_describe, METH_O, "[(name, type oid, typmod)] of one statement's result."},
     {"start", (PyCFunction)CopyConnection_start, METH_O, "COPY (sql) TO STDOUT (FORMAT BINARY)."},
     {"read", (PyCFunction)CopyConnection_read, METH_VARARGS, "read(kinds, max_rows, max_bytes): the next batch or None."},
     {"cancel", (PyCFunction)CopyConnection_cancel, METH_NOARGS, "Ask the server to cancel the running statement."},

@@ -38,6 +38,9 @@ TYPES: Final[dict[int, tuple[int, pa.DataType, str]]] = {
     1082: (7, pa.date32(), "date"),
     1114: (8, pa.timestamp("us"), "timestamp"),
     1184: (8, pa.timestamp("us", tz="UTC"), "timestamptz"),
+    # Text in PostgreSQL's spelling (nan, inf, -inf for the specials), in the opaque
+    # extension type ADBC gives it, with the type modifier in the metadata.
+    1700: (9, pa.opaque(pa.string(), "numeric", "PostgreSQL"), "numeric"),
 }
 
 #: A batch ends at this many rows or bytes of COPY data, whichever comes first: large
@@ -73,18 +76,22 @@ def copy_text(sql: str) -> str | None:
     return text if head in ("SELECT", "WITH", "VALUES", "TABLE") else None
 
 
-def plan(columns: Sequence[tuple[str, int]]) -> tuple[tuple[int, ...], pa.Schema] | None:
-    """The decoder's column kinds and the Arrow schema for a row description, or None
-    when a column's type is not one this reader decodes (ADBC reads it)."""
+def plan(columns: Sequence[tuple[str, int, int]]) -> tuple[tuple[int, ...], pa.Schema] | None:
+    """The decoder's column kinds and the Arrow schema for a row description (name,
+    type OID, type modifier), or None when a column's type is not one this reader
+    decodes (ADBC reads it)."""
     kinds: list[int] = []
     fields: list[pa.Field] = []
-    for name, oid in columns:
+    for name, oid, typmod in columns:
         known = TYPES.get(oid)
         if known is None:
             return None
         kind, arrow_type, typname = known
         kinds.append(kind)
-        fields.append(pa.field(name, arrow_type, metadata={_METADATA_KEY: typname.encode()}))
+        metadata = {_METADATA_KEY: typname.encode()}
+        if isinstance(arrow_type, pa.BaseExtensionType):
+            metadata = {b"ADBC:postgresql:typname": typname.encode(), **metadata, b"POSTGRESQL:typmod": str(typmod).encode()}
+        fields.append(pa.field(name, arrow_type, metadata=metadata))
     if not kinds:
         return None
     return tuple(kinds), pa.schema(fields)
@@ -98,7 +105,11 @@ def record_batch(schema: pa.Schema, rows: int, columns: Sequence[tuple[Any, int,
         if offsets is not None:
             buffers.append(pa.py_buffer(offsets))
         buffers.append(pa.py_buffer(values))
-        arrays.append(pa.Array.from_buffers(field.type, rows, buffers, null_count=nulls))
+        if isinstance(field.type, pa.BaseExtensionType):
+            storage = pa.Array.from_buffers(field.type.storage_type, rows, buffers, null_count=nulls)
+            arrays.append(pa.ExtensionArray.from_storage(field.type, storage))
+        else:
+            arrays.append(pa.Array.from_buffers(field.type, rows, buffers, null_count=nulls))
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
