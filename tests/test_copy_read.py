@@ -309,3 +309,27 @@ def test_both_kinds_of_result_connection_share_one_budget(pg_dsn: str) -> None:
         assert ex._copy or ex._adbc
     finally:
         ex.close()
+
+
+def test_errors_on_the_decoder_path_never_quote_the_data(pair: tuple[PostgresExecutor, PostgresExecutor], pg_dsn: str) -> None:
+    # PostgreSQL's own text quotes values (invalid input, the statement echo); the
+    # decoder's errors go through the same redaction as ADBC's, before and during rows.
+    with psycopg.connect(pg_dsn, autocommit=True) as con:
+        con.execute("CREATE TABLE s (id int, secret text)")
+        con.execute("INSERT INTO s SELECT g, 'n' || g FROM generate_series(1, 5000) g")
+        con.execute("INSERT INTO s VALUES (5001, 'tok-9f8e7d')")
+    native, _ = pair
+    stop = threading.Event()
+    for sql in (
+        "SELECT 'secret-value'::int AS v",
+        "SELECT CASE WHEN id > 5000 THEN secret::int END AS v FROM s ORDER BY id",
+        "SELECT (secret || '}')::jsonb::text AS v FROM s WHERE id = 5001",
+        "SELECT nosuchcol FROM s WHERE secret = 'secret-value'",
+    ):
+        with pytest.raises(ExecutionError) as err:
+            _table(native.run(sql, (), LIMITS, stop, returns_rows=True, retry_safe=True))
+        text = str(err.value)
+        assert "secret-value" not in text and "tok-9f8e7d" not in text, (sql, text)
+        assert err.value.sqlstate, (sql, text)
+    got = _table(native.run("SELECT count(*)::int4 AS n FROM s", (), LIMITS, stop, returns_rows=True, retry_safe=True))
+    assert got.column("n").to_pylist() == [5001]
