@@ -271,10 +271,17 @@ def test_the_decoder_refuses_rows_that_do_not_match_its_kinds(pg_dsn: str) -> No
         con.start("SELECT repeat('y', 1000) AS a")
         with pytest.raises(pgcopy.PgError, match="width"):
             con.read((3,), 100, 1 << 20)
+        # Never read on after a failed read (the next message would be a later row).
+        assert not con.ok
+        with pytest.raises(pgcopy.PgError, match="earlier read"):
+            con.read((6,), 100, 1 << 20)
+        con.close()
         for bad in ((), (10,), (-1,)):
+            con = pgcopy.CopyConnection(pg_dsn)
+            con.start("SELECT 1::int4 AS a")
             with pytest.raises(ValueError):
                 con.read(bad, 100, 1 << 20)
-        con.close()
+            con.close()
         con = pgcopy.CopyConnection(pg_dsn)
         # A NUL would end the C string early: libpq would run less than was analysed.
         with pytest.raises(ValueError, match="NUL"):
@@ -288,6 +295,43 @@ def test_the_decoder_refuses_rows_that_do_not_match_its_kinds(pg_dsn: str) -> No
         con.read((2,), 1, 1)
     with pytest.raises(pgcopy.PgError):
         pgcopy.CopyConnection("postgresql://nobody@127.0.0.1:1/none?connect_timeout=5")
+
+
+def test_closing_while_another_thread_reads_waits_for_that_read(pg_dsn: str) -> None:
+    # The service's own shape: a reader thread (prefetch) blocked for rows while the
+    # consumer stops early and closes. The close is left to the reader, which the
+    # close cancels; libpq's connection is never freed under a running call.
+    assert pgcopy is not None
+    con = pgcopy.CopyConnection(pg_dsn)
+    # Large first rows (so the COPY starts streaming), then a row that sleeps.
+    con.start("SELECT repeat('x', 100000) || CASE WHEN g = 5 THEN pg_sleep(30)::text ELSE '' END AS v FROM generate_series(1, 10) g")
+    outcome: list[BaseException | object] = []
+
+    def read() -> None:
+        try:
+            outcome.append(con.read((6,), 100, 1 << 30))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    with psycopg.connect(pg_dsn, autocommit=True) as admin:
+        deadline = time.monotonic() + 20
+        # The server sleeping inside the statement: the reader is waiting in read().
+        while not admin.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND datname = current_database()").fetchone()[0]:  # type: ignore[index]
+            assert time.monotonic() < deadline, "the statement never reached its slow row"
+            time.sleep(0.01)
+    assert reader.is_alive()
+    started = time.monotonic()
+    con.close()  # another thread is inside read(): deferred, and the statement cancelled
+    # Still in the reader's hands, or closed by it already: never run on.
+    with pytest.raises(pgcopy.PgError, match=r"in use|closed"):
+        con.describe("SELECT 1")
+    reader.join(20)
+    assert not reader.is_alive() and time.monotonic() - started < 15, "the cancel did not end the read"
+    assert isinstance(outcome[0], pgcopy.PgError) and "cancel" in str(outcome[0]).lower(), outcome
+    with pytest.raises(pgcopy.PgError, match="closed"):
+        con.describe("SELECT 1")  # closed by the reader on its way out
 
 
 def test_both_kinds_of_result_connection_share_one_budget(pg_dsn: str) -> None:
@@ -333,3 +377,38 @@ def test_errors_on_the_decoder_path_never_quote_the_data(pair: tuple[PostgresExe
         assert err.value.sqlstate, (sql, text)
     got = _table(native.run("SELECT count(*)::int4 AS n FROM s", (), LIMITS, stop, returns_rows=True, retry_safe=True))
     assert got.column("n").to_pylist() == [5001]
+
+
+def test_a_stopped_watcher_never_cancels_afterwards() -> None:
+    # The watchdog's cancel of a finished statement must not land on the connection's
+    # next statement: stop() waits for a cancel in flight, and none starts after it.
+    from warden.gateway.execute import _Watcher
+
+    calls: list[str] = []
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_cancel() -> None:
+        entered.set()
+        release.wait(10)
+        calls.append("cancel")
+
+    fired = threading.Event()
+    watcher = _Watcher(fired, slow_cancel)
+    fired.set()
+    checker = threading.Thread(target=watcher.check, args=(time.monotonic(),))
+    checker.start()
+    assert entered.wait(10)
+    stopper = threading.Thread(target=watcher.stop)
+    stopper.start()
+    stopper.join(0.2)
+    assert stopper.is_alive(), "stop() returned while the cancel was still running"
+    release.set()
+    stopper.join(10)
+    checker.join(10)
+    assert not stopper.is_alive() and calls == ["cancel"]
+    late = threading.Event()
+    stopped = _Watcher(late, lambda: calls.append("late"))
+    stopped.stop()
+    late.set()
+    stopped.check(time.monotonic())
+    assert calls == ["cancel"]

@@ -159,6 +159,9 @@ typedef struct {
     PGconn *conn;
     PGcancel *cancel;
     pthread_mutex_t cancel_lock; /* cancel() may run in another thread than close() */
+    int busy;                    /* a method is running (maybe without the GIL) */
+    int close_pending;           /* close() came while busy: the running method closes */
+    int failed;                  /* a read failed: the stream's state is unknown */
     int copying;                 /* COPY OUT started and not yet ended */
     int header_done;             /* the stream's signature and header were read */
     int ended;                   /* the trailer (-1 field count) was seen */
@@ -195,6 +198,36 @@ static int check_open(CopyConnection *self) {
         return -1;
     }
     return 0;
+}
+
+static void close_conn(CopyConnection *self);
+
+/* Every method that uses the connection runs between enter() and leave(), with the
+   GIL held at both: a second caller is refused, and a close() that comes meanwhile
+   (from another thread: a reader that outlived its consumer) is left to leave(), so
+   libpq's connection is never freed under a running call. */
+static int enter(CopyConnection *self) {
+    if (check_open(self) < 0)
+        return -1;
+    if (self->busy) {
+        PyErr_SetString(PgError, "the connection is in use by another thread");
+        return -1;
+    }
+    if (self->failed) {
+        PyErr_SetString(PgError, "an earlier read on this connection failed; close it");
+        return -1;
+    }
+    self->busy = 1;
+    return 0;
+}
+
+static PyObject *leave(CopyConnection *self, PyObject *result) {
+    self->busy = 0;
+    if (self->close_pending) {
+        self->close_pending = 0;
+        close_conn(self);
+    }
+    return result;
 }
 
 /* The UTF-8 text of a statement for an idle connection, or NULL with an exception
@@ -255,16 +288,23 @@ static PyObject *CopyConnection_new(PyTypeObject *type, PyObject *args, PyObject
     return (PyObject *)self;
 }
 
+/* With the GIL held: detach the connection first (nobody can reach it after this),
+   then free it without the GIL. */
 static void close_conn(CopyConnection *self) {
-    pthread_mutex_lock(&self->cancel_lock);
-    if (self->cancel != NULL)
-        PQfreeCancel(self->cancel);
-    self->cancel = NULL;
-    pthread_mutex_unlock(&self->cancel_lock);
-    if (self->conn != NULL)
-        PQfinish(self->conn);
+    PGconn *conn = self->conn;
     self->conn = NULL;
     self->copying = 0;
+    PGcancel *cancel;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&self->cancel_lock); /* a cancel() in flight finishes first */
+    cancel = self->cancel;
+    self->cancel = NULL;
+    pthread_mutex_unlock(&self->cancel_lock);
+    if (cancel != NULL)
+        PQfreeCancel(cancel);
+    if (conn != NULL)
+        PQfinish(conn);
+    Py_END_ALLOW_THREADS
 }
 
 static void CopyConnection_dealloc(CopyConnection *self) {
@@ -286,7 +326,7 @@ static PGresult *drain_results(PGconn *conn) {
     return failure;
 }
 
-static PyObject *CopyConnection_execute(CopyConnection *self, PyObject *arg) {
+static PyObject *execute_impl(CopyConnection *self, PyObject *arg) {
     const char *sql = sql_text(self, arg);
     if (sql == NULL)
         return NULL;
@@ -307,7 +347,7 @@ static PyObject *CopyConnection_execute(CopyConnection *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
-static PyObject *CopyConnection_describe(CopyConnection *self, PyObject *arg) {
+static PyObject *describe_impl(CopyConnection *self, PyObject *arg) {
     const char *sql = sql_text(self, arg);
     if (sql == NULL)
         return NULL;
@@ -342,7 +382,7 @@ static PyObject *CopyConnection_describe(CopyConnection *self, PyObject *arg) {
     return out;
 }
 
-static PyObject *CopyConnection_start(CopyConnection *self, PyObject *arg) {
+static PyObject *start_impl(CopyConnection *self, PyObject *arg) {
     if (sql_text(self, arg) == NULL)
         return NULL;
     PyObject *command = PyUnicode_FromFormat("COPY (%U\n) TO STDOUT (FORMAT BINARY)", arg);
@@ -627,6 +667,13 @@ static int64_t read_rows(CopyConnection *self, int ncols, Column *cols, int64_t 
                 st->error = "the COPY stream does not start with the binary signature";
                 return -1;
             }
+            /* Flags: bit 16 (OIDs) or any of bits 0-15 means a layout this decoder
+               does not read; bits 17-31 are to be ignored. */
+            if (be32(p + 11) & UINT32_C(0x0001FFFF)) {
+                PQfreemem(msg);
+                st->error = "the COPY header has flags this decoder does not read";
+                return -1;
+            }
             uint32_t ext = be32(p + 15);
             p += 19;
             if ((uint32_t)(end - p) < ext) {
@@ -716,7 +763,30 @@ fail:
     return NULL;
 }
 
+static PyObject *CopyConnection_execute(CopyConnection *self, PyObject *arg) {
+    return enter(self) < 0 ? NULL : leave(self, execute_impl(self, arg));
+}
+
+static PyObject *CopyConnection_describe(CopyConnection *self, PyObject *arg) {
+    return enter(self) < 0 ? NULL : leave(self, describe_impl(self, arg));
+}
+
+static PyObject *CopyConnection_start(CopyConnection *self, PyObject *arg) {
+    return enter(self) < 0 ? NULL : leave(self, start_impl(self, arg));
+}
+
+static PyObject *read_impl(CopyConnection *self, PyObject *args);
+
 static PyObject *CopyConnection_read(CopyConnection *self, PyObject *args) {
+    if (enter(self) < 0)
+        return NULL;
+    PyObject *out = read_impl(self, args);
+    if (out == NULL)
+        self->failed = 1; /* never read on after an error (a row could be skipped) */
+    return leave(self, out);
+}
+
+static PyObject *read_impl(CopyConnection *self, PyObject *args) {
     PyObject *kinds;
     long long max_rows, max_bytes;
     if (!PyArg_ParseTuple(args, "O!LL", &PyTuple_Type, &kinds, &max_rows, &max_bytes))
@@ -813,15 +883,25 @@ static PyObject *CopyConnection_cancel(CopyConnection *self, PyObject *Py_UNUSED
     return PyBool_FromLong(ok);
 }
 
+static PyObject *CopyConnection_cancel(CopyConnection *self, PyObject *Py_UNUSED(ignored));
+
 static PyObject *CopyConnection_close(CopyConnection *self, PyObject *Py_UNUSED(ignored)) {
-    Py_BEGIN_ALLOW_THREADS
+    if (self->busy) {
+        /* Another thread is inside a call (maybe waiting for rows): it closes the
+           connection when it returns; cancel the statement so that is soon. */
+        self->close_pending = 1;
+        PyObject *ok = CopyConnection_cancel(self, NULL);
+        Py_XDECREF(ok);
+        if (ok == NULL)
+            PyErr_Clear();
+        Py_RETURN_NONE;
+    }
     close_conn(self);
-    Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
 
 static PyObject *CopyConnection_get_ok(CopyConnection *self, void *Py_UNUSED(closure)) {
-    return PyBool_FromLong(self->conn != NULL && !self->copying && PQstatus(self->conn) == CONNECTION_OK &&
+    return PyBool_FromLong(self->conn != NULL && !self->busy && !self->failed && !self->copying && PQstatus(self->conn) == CONNECTION_OK &&
                            PQtransactionStatus(self->conn) == PQTRANS_IDLE);
 }
 

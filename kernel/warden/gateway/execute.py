@@ -499,7 +499,8 @@ class PostgresExecutor(Executor):
         for attempt in (1, 2):
             con = self._copy_get()
             sent = set_up = False
-            watcher: _Watcher | None = None
+            # A cancel reaches the set-up and the description too, not only the COPY.
+            watcher = _Watcher(cancel, con.cancel)
             try:
                 if self._applied.get(id(con)) != wanted:
                     con.execute("RESET ALL; " + setup)
@@ -509,17 +510,16 @@ class PostgresExecutor(Executor):
                 # decoder's types are the ones the statement has now.
                 planned = copy_read.plan(con.describe(text))
                 if planned is None:
+                    watcher.stop()
                     self._copy_unsupported.add(text)
                     self._copy_put(con, broken=False)
                     return None
                 kinds, schema = planned
-                watcher = _Watcher(cancel, con.cancel)  # the server enforces statement_timeout
                 sent = True
-                con.start(text)
+                con.start(text)  # the server enforces statement_timeout
                 break
             except pg_error as exc:
-                if watcher is not None:
-                    watcher.stop()
+                watcher.stop()
                 lost = _connection_lost(exc)
                 self._copy_put(con, broken=lost or not con.ok)
                 if attempt == 1 and lost and not cancel.is_set():
@@ -527,6 +527,11 @@ class PostgresExecutor(Executor):
                 if not set_up or (not sent and lost):
                     raise ExecutionError(_pg_message(exc), code="unavailable") from None
                 raise _pg_error(exc, cancel) from None
+            except BaseException:
+                # Anything else (an interrupt, a bug): the slot and the connection go back.
+                watcher.stop()
+                self._copy_put(con, broken=True)
+                raise
         assert watcher is not None
         done = {"broken": False}
 
@@ -1025,6 +1030,10 @@ class _Watcher:
         self._started = time.monotonic()
         self._timeout: float | None = None
         self._fired = False
+        # check() (the watchdog's thread) calls the cancel function under this lock, and
+        # stop() takes it: once stop() returns, no cancel can reach the connection, which
+        # may already be running the next request's statement.
+        self._lock = threading.Lock()
         self.timed_out = False
         _WATCHDOG.add(self)
 
@@ -1032,16 +1041,19 @@ class _Watcher:
         self._timeout = seconds
 
     def check(self, now: float) -> None:
-        if self._fired:
-            return
-        if self._timeout is not None and now - self._started > self._timeout:
-            self.timed_out = True
-            self._event.set()
-        if self._event.is_set():
-            self._fired = True
-            _WATCHDOG.remove(self)
-            with contextlib.suppress(Exception):
-                self._fn()
+        with self._lock:
+            if self._fired:
+                return
+            if self._timeout is not None and now - self._started > self._timeout:
+                self.timed_out = True
+                self._event.set()
+            if self._event.is_set():
+                self._fired = True
+                _WATCHDOG.remove(self)
+                with contextlib.suppress(Exception):
+                    self._fn()
 
     def stop(self) -> None:
+        with self._lock:
+            self._fired = True
         _WATCHDOG.remove(self)

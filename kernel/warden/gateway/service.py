@@ -708,6 +708,7 @@ class Gateway:
                                 truncated = True
                             if limits.max_bytes and size + batch.nbytes > limits.max_bytes and rows:
                                 truncated = True
+                                cancel.set()  # the statement stops now, as for max_rows
                                 break
                             rows += batch.num_rows
                             size += batch.nbytes
