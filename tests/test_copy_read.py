@@ -104,6 +104,7 @@ def test_other_types_go_through_adbc_unchanged(pair: tuple[PostgresExecutor, Pos
     _same(got, want, expr)
     native, _ = pair
     assert sql in native._copy_unsupported
+    assert len(native._copy) == 1 and native._copy[0].ok, "the described connection was not handed back idle"
     # Known now: the next run goes straight to ADBC, with the same result.
     got2, _ = _both(pair, sql)
     _same(got2, want, expr)
@@ -412,3 +413,29 @@ def test_a_stopped_watcher_never_cancels_afterwards() -> None:
     late.set()
     stopped.check(time.monotonic())
     assert calls == ["cancel"]
+
+
+def test_no_column_type_can_change_between_the_description_and_the_copy(pg_dsn: str) -> None:
+    # Same-width types (int4 -> float4) would otherwise be read as the old type: the
+    # description's locks hold until the COPY has ended, so the ALTER waits.
+    assert pgcopy is not None
+    with psycopg.connect(pg_dsn, autocommit=True) as admin:
+        admin.execute("CREATE TABLE t (v int4)")
+        admin.execute("INSERT INTO t VALUES (1), (2)")
+        con = pgcopy.CopyConnection(pg_dsn)
+        try:
+            assert con.describe("SELECT v FROM t") == [("v", 23, -1)]
+            admin.execute("SET lock_timeout = '200ms'")
+            with pytest.raises(psycopg.errors.LockNotAvailable):
+                admin.execute("ALTER TABLE t ALTER v TYPE float4 USING v::float4")
+            con.start("SELECT v FROM t")
+            got = con.read((2,), 100, 1 << 20)
+            assert got is not None and got[0] == 2
+            assert con.read((2,), 100, 1 << 20) is None
+            assert con.ok, "the transaction did not end with the COPY"
+            admin.execute("ALTER TABLE t ALTER v TYPE float4 USING v::float4")  # free now
+            assert con.describe("SELECT v FROM t") == [("v", 700, -1)]
+            con.execute("ROLLBACK")
+            assert con.ok
+        finally:
+            con.close()

@@ -8,8 +8,10 @@
  *
  *   CopyConnection(conninfo)
  *     .execute(sql)            run statements, results discarded (session set-up)
- *     .describe(sql)           Parse + Describe of one statement (nothing runs):
- *                              [(name, type oid, type modifier), ...]
+ *     .describe(sql)           BEGIN, then Parse + Describe of one statement (nothing
+ *                              runs): [(name, type oid, type modifier), ...]. The
+ *                              transaction ends when the COPY does (or the caller
+ *                              runs ROLLBACK): the parse's locks keep the types.
  *     .start(sql)              COPY (sql) TO STDOUT (FORMAT BINARY)
  *     .read(kinds, max_rows, max_bytes)
  *                              the next batch: (rows, [(validity | None, nulls,
@@ -326,6 +328,25 @@ static PGresult *drain_results(PGconn *conn) {
     return failure;
 }
 
+/* Run one utility statement (BEGIN, COMMIT, ROLLBACK) without the GIL; the failed
+   result, or NULL when it succeeded. A NULL result from libpq comes back as a
+   PGRES_FATAL_ERROR result of the connection's message. */
+static PGresult *run_utility(PGconn *conn, const char *sql) {
+    PGresult *res = PQexec(conn, sql);
+    if (res != NULL && PQresultStatus(res) == PGRES_COMMAND_OK) {
+        PQclear(res);
+        return NULL;
+    }
+    return res != NULL ? res : PQmakeEmptyPGresult(conn, PGRES_FATAL_ERROR);
+}
+
+/* After a failure inside the statement's transaction: roll it back, so the
+   connection is idle again (if that fails too, `ok` says so and it is closed). */
+static void rollback_quietly(PGconn *conn) {
+    if (PQtransactionStatus(conn) != PQTRANS_IDLE && PQtransactionStatus(conn) != PQTRANS_UNKNOWN)
+        PQclear(run_utility(conn, "ROLLBACK"));
+}
+
 static PyObject *execute_impl(CopyConnection *self, PyObject *arg) {
     const char *sql = sql_text(self, arg);
     if (sql == NULL)
@@ -351,21 +372,39 @@ static PyObject *describe_impl(CopyConnection *self, PyObject *arg) {
     const char *sql = sql_text(self, arg);
     if (sql == NULL)
         return NULL;
-    PGresult *prepared, *described = NULL;
+    /* The description and the COPY run in one transaction: the locks the parse takes
+       hold until the COPY has ended, so no ALTER ... TYPE can change a column's type
+       between the two (the decoder would read the new bytes as the old type). The
+       transaction ends with the COPY (read()), or the caller ends it. */
+    PGresult *failed, *prepared = NULL, *described = NULL;
     Py_BEGIN_ALLOW_THREADS
-    prepared = PQprepare(self->conn, "", sql, 0, NULL);
-    if (prepared != NULL && PQresultStatus(prepared) == PGRES_COMMAND_OK)
-        described = PQdescribePrepared(self->conn, "");
+    failed = run_utility(self->conn, "BEGIN");
+    if (failed == NULL) {
+        prepared = PQprepare(self->conn, "", sql, 0, NULL);
+        if (prepared != NULL && PQresultStatus(prepared) == PGRES_COMMAND_OK)
+            described = PQdescribePrepared(self->conn, "");
+    }
     Py_END_ALLOW_THREADS
+    if (failed != NULL) {
+        raise_pg(self, failed);
+        PQclear(failed);
+        return NULL;
+    }
     if (prepared == NULL || PQresultStatus(prepared) != PGRES_COMMAND_OK) {
         raise_pg(self, prepared);
         PQclear(prepared);
+        Py_BEGIN_ALLOW_THREADS
+        rollback_quietly(self->conn);
+        Py_END_ALLOW_THREADS
         return NULL;
     }
     PQclear(prepared);
     if (described == NULL || PQresultStatus(described) != PGRES_COMMAND_OK) {
         raise_pg(self, described);
         PQclear(described);
+        Py_BEGIN_ALLOW_THREADS
+        rollback_quietly(self->conn);
+        Py_END_ALLOW_THREADS
         return NULL;
     }
     int n = PQnfields(described);
@@ -401,13 +440,11 @@ static PyObject *start_impl(CopyConnection *self, PyObject *arg) {
     if (res == NULL || PQresultStatus(res) != PGRES_COPY_OUT) {
         raise_pg(self, res);
         PQclear(res);
-        if (res != NULL) {
-            PGresult *rest;
-            Py_BEGIN_ALLOW_THREADS
-            rest = drain_results(self->conn);
-            Py_END_ALLOW_THREADS
-            PQclear(rest);
-        }
+        Py_BEGIN_ALLOW_THREADS
+        if (res != NULL)
+            PQclear(drain_results(self->conn));
+        rollback_quietly(self->conn);
+        Py_END_ALLOW_THREADS
         return NULL;
     }
     PQclear(res);
@@ -528,6 +565,17 @@ static int append_numeric(Column *c, const char *p, int32_t len, const char **er
     return 0;
 }
 
+/* The COPY's own result, then the COMMIT of the transaction describe() opened; the
+   first failure (the caller closes the connection), or NULL. */
+static PGresult *end_copy(PGconn *conn) {
+    PGresult *failure = drain_results(conn);
+    if (failure != NULL)
+        return failure;
+    if (PQtransactionStatus(conn) == PQTRANS_INTRANS)
+        return run_utility(conn, "COMMIT");
+    return NULL;
+}
+
 /* Decode one tuple starting at *p (field count already read as nf). */
 static int decode_tuple(const char **pp, const char *end, int ncols, Column *cols, int64_t row, const char **error) {
     const char *p = *pp;
@@ -644,7 +692,7 @@ static int64_t read_rows(CopyConnection *self, int ncols, Column *cols, int64_t 
         if (n == -1) {
             /* End of the COPY: its final result says whether it succeeded. */
             self->copying = 0;
-            PGresult *failure = drain_results(self->conn);
+            PGresult *failure = end_copy(self->conn);
             if (failure != NULL) {
                 st->server_error = 1;
                 st->failure = failure;
@@ -723,7 +771,7 @@ static int64_t read_rows(CopyConnection *self, int ncols, Column *cols, int64_t 
             st->lost = 1;
             return -1;
         }
-        PGresult *failure = drain_results(self->conn);
+        PGresult *failure = end_copy(self->conn);
         if (failure != NULL) {
             st->server_error = 1;
             st->failure = failure;

@@ -299,6 +299,8 @@ class PostgresExecutor(Executor):
         # At most ``result_connections`` result streams at once; more requests wait
         # for one (opening a connection per request would cost more than waiting).
         self._adbc_slots = threading.BoundedSemaphore(result_connections)
+        self._result_connections = result_connections
+        self._in_use = 0  # result connections checked out (under _adbc_lock)
         # Plain reads whose columns the C COPY decoder knows (copy_read): its own libpq
         # connections, counted in the same slots as ADBC's.
         self._copy_module = copy_read.module()
@@ -325,7 +327,7 @@ class PostgresExecutor(Executor):
             # (set_config(..., false)) stick.
             return adbc.connect(self._dsn, autocommit=True)
         except Exception:
-            self._adbc_slots.release()
+            self._release_slot()
             raise
 
     def _copy_get(self) -> Any:
@@ -336,23 +338,24 @@ class PostgresExecutor(Executor):
         try:
             return self._copy_module.CopyConnection(self._dsn)
         except self._copy_module.PgError as exc:
-            self._adbc_slots.release()
+            self._release_slot()
             raise ExecutionError(_pg_message(exc), code="unavailable") from None
         except BaseException:
-            self._adbc_slots.release()
+            self._release_slot()
             raise
 
     def _checkout(self, mine: list[Any], other: list[Any]) -> Any:
         """Take a result slot, then an idle connection of this kind, or None to open
-        one: an idle one of the other kind is closed first, so the result connections
-        open at once stay within ``result_connections``."""
+        one: when the new one would make more than ``result_connections`` open at
+        once, an idle one of the other kind is closed first."""
         if not self._adbc_slots.acquire(timeout=60):
             raise ExecutionError("all database connections are busy; try again shortly", code="busy")
         victim = None
         with self._adbc_lock:
+            self._in_use += 1
             if mine:
                 return mine.pop()
-            if other:
+            if other and self._in_use + len(mine) + len(other) > self._result_connections:
                 victim = other.pop(0)
                 self._applied.pop(id(victim), None)
         if victim is not None:
@@ -377,7 +380,12 @@ class PostgresExecutor(Executor):
             with self._adbc_lock:
                 idle.append(con)
         finally:
-            self._adbc_slots.release()
+            self._release_slot()
+
+    def _release_slot(self) -> None:
+        with self._adbc_lock:
+            self._in_use -= 1
+        self._adbc_slots.release()
 
     def run(
         self,
@@ -506,12 +514,13 @@ class PostgresExecutor(Executor):
                     con.execute("RESET ALL; " + setup)
                     self._applied[id(con)] = wanted
                 set_up = True
-                # The row description on this connection, right before the COPY: the
-                # decoder's types are the ones the statement has now.
+                # The row description on this connection, in the transaction the COPY
+                # then runs in: the decoder's types are the statement's, and stay so.
                 planned = copy_read.plan(con.describe(text))
                 if planned is None:
                     watcher.stop()
                     self._copy_unsupported.add(text)
+                    con.execute("ROLLBACK")
                     self._copy_put(con, broken=False)
                     return None
                 kinds, schema = planned
