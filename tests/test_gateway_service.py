@@ -326,3 +326,18 @@ def test_the_arrow_stream_assembler_reads_any_framing_as_one_stream() -> None:
             if frames is payloads:  # the gateway's framing: decoded as it came, unless dictionaries
                 assert assembler._general == (table is coded)
     assert ArrowStreamAssembler().table() is None
+
+
+def test_the_copy_decoder_is_built_wherever_libpq_headers_are() -> None:
+    """tests/test_copy_read.py and test_copy_fuzz.py skip without the C extension: this
+    fails instead when it should have been built (libpq's headers are here) but was not,
+    so a broken build cannot pass as 81 skipped tests."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    from warden.gateway import copy_read
+
+    headers = Path("/usr/include/postgresql/libpq-fe.h").exists() or shutil.which("pg_config") is not None
+    turned_off = os.environ.get("WARDEN_NO_NATIVE") == "1"
+    assert copy_read.module() is not None or not headers or turned_off, "libpq's headers are installed but warden.gateway._pgcopy was not built"

@@ -139,6 +139,18 @@ static inline int bytes_append(Bytes *b, const void *data, size_t n) {
     return 0;
 }
 
+/* Bit `row` of an Arrow bitmap (validity, booleans): a zeroed byte starts every 8 rows. */
+static inline int bit_append(Bytes *b, int64_t row, int set) {
+    if ((row & 7) == 0) {
+        if (bytes_reserve(b, 1) < 0)
+            return -1;
+        b->buf[b->len++] = 0;
+    }
+    if (set)
+        b->buf[b->len - 1] |= (char)(1u << (row & 7));
+    return 0;
+}
+
 typedef struct {
     int kind;
     Bytes validity; /* one bit per row, 1 = present */
@@ -235,8 +247,6 @@ static PyObject *leave(CopyConnection *self, PyObject *result) {
 /* The UTF-8 text of a statement for an idle connection, or NULL with an exception
    (not a str, a NUL inside: libpq would read less than the caller analysed). */
 static const char *sql_text(CopyConnection *self, PyObject *arg) {
-    if (check_open(self) < 0)
-        return NULL;
     if (self->copying) {
         PyErr_SetString(PgError, "a COPY is in progress on this connection");
         return NULL;
@@ -591,23 +601,14 @@ static int decode_tuple(const char **pp, const char *end, int ncols, Column *col
             *error = "a COPY field is longer than its row";
             return -1;
         }
-        /* Validity: the bitmap grows a byte every 8 rows (zeroed: nulls stay 0). */
-        if ((row & 7) == 0) {
-            if (bytes_reserve(&c->validity, 1) < 0) {
-                *error = "out of memory";
-                return -1;
-            }
-            c->validity.buf[c->validity.len++] = 0;
-        }
+        if (bit_append(&c->validity, row, len != -1) < 0)
+            goto oom;
         int width = kFixedWidth[c->kind];
         if (len == -1) {
             c->nulls++;
             if (c->kind == KIND_BOOL) {
-                if ((row & 7) == 0) {
-                    if (bytes_reserve(&c->values, 1) < 0)
-                        goto oom;
-                    c->values.buf[c->values.len++] = 0;
-                }
+                if (bit_append(&c->values, row, 0) < 0)
+                    goto oom;
             } else if (width > 0) {
                 static const char zeros[8] = {0};
                 if (bytes_append(&c->values, zeros, (size_t)width) < 0) goto oom;
@@ -617,22 +618,14 @@ static int decode_tuple(const char **pp, const char *end, int ncols, Column *col
             }
             continue;
         }
-        c->validity.buf[c->validity.len - 1] |= (char)(1u << (row & 7));
         if (width > 0 && len != width) {
             *error = "a COPY field does not have its type's width";
             return -1;
         }
         switch (c->kind) {
         case KIND_BOOL:
-            if ((row & 7) == 0) {
-                if (bytes_reserve(&c->values, 1) < 0) {
-                    *error = "out of memory";
-                    return -1;
-                }
-                c->values.buf[c->values.len++] = 0;
-            }
-            if (p[0])
-                c->values.buf[c->values.len - 1] |= (char)(1u << (row & 7));
+            if (bit_append(&c->values, row, p[0] != 0) < 0)
+                goto oom;
             break;
         case KIND_INT16: {
             uint16_t v = be16(p);
@@ -838,8 +831,6 @@ static PyObject *read_impl(CopyConnection *self, PyObject *args) {
     PyObject *kinds;
     long long max_rows, max_bytes;
     if (!PyArg_ParseTuple(args, "O!LL", &PyTuple_Type, &kinds, &max_rows, &max_bytes))
-        return NULL;
-    if (check_open(self) < 0)
         return NULL;
     if (!self->copying)
         Py_RETURN_NONE;

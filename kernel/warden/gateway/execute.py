@@ -295,14 +295,14 @@ class PostgresExecutor(Executor):
         )  # fmt: skip
         self._pool.open(wait=False)
         self._adbc: list[Any] = []
-        self._adbc_lock = threading.Lock()
+        self._results_lock = threading.Lock()
         # At most ``result_connections`` result streams at once; more requests wait
         # for one (opening a connection per request would cost more than waiting).
-        self._adbc_slots = threading.BoundedSemaphore(result_connections)
+        self._result_slots = threading.BoundedSemaphore(result_connections)
         self._result_connections = result_connections
-        self._in_use = 0  # result connections checked out (under _adbc_lock)
+        self._in_use = 0  # result connections checked out (under _results_lock)
         # Plain reads whose columns the C COPY decoder knows (copy_read): its own libpq
-        # connections, counted in the same slots as ADBC's.
+        # connections, in the same slots and under the same lock as ADBC's.
         self._copy_module = copy_read.module()
         self._copy: list[Any] = []
         self._copy_unsupported = copy_read.UnsupportedShapes()
@@ -348,10 +348,10 @@ class PostgresExecutor(Executor):
         """Take a result slot, then an idle connection of this kind, or None to open
         one: when the new one would make more than ``result_connections`` open at
         once, an idle one of the other kind is closed first."""
-        if not self._adbc_slots.acquire(timeout=60):
+        if not self._result_slots.acquire(timeout=60):
             raise ExecutionError("all database connections are busy; try again shortly", code="busy")
         victim = None
-        with self._adbc_lock:
+        with self._results_lock:
             self._in_use += 1
             if mine:
                 return mine.pop()
@@ -377,15 +377,15 @@ class PostgresExecutor(Executor):
                 with contextlib.suppress(Exception):
                     con.close()
                 return
-            with self._adbc_lock:
+            with self._results_lock:
                 idle.append(con)
         finally:
             self._release_slot()
 
     def _release_slot(self) -> None:
-        with self._adbc_lock:
+        with self._results_lock:
             self._in_use -= 1
-        self._adbc_slots.release()
+        self._result_slots.release()
 
     def run(
         self,
@@ -541,7 +541,6 @@ class PostgresExecutor(Executor):
                 watcher.stop()
                 self._copy_put(con, broken=True)
                 raise
-        assert watcher is not None
         done = {"broken": False}
 
         def batches() -> Iterator[pa.RecordBatch]:
@@ -796,7 +795,7 @@ class PostgresExecutor(Executor):
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._pool.close()
-        with self._adbc_lock:
+        with self._results_lock:
             for con in [*self._adbc, *self._copy]:
                 with contextlib.suppress(Exception):
                     con.close()
